@@ -1,0 +1,210 @@
+/**
+ * etcd: the election recipe of etcd's own `concurrency` package.
+ *
+ * Each session is a lease; its candidacy is the key PREFIX/ELECTION/<lease id in hex>, written
+ * with the lease, so it dies with it. Candidates are ordered by create revision and the lowest
+ * leads; the leader key's create revision is the fencing token (revisions only grow, cluster
+ * wide, and a new candidacy is a new key). Each session watches only three keys: its
+ * predecessor (it may become leader when that one goes), the leader (everyone must learn of a
+ * new one) and its own (deleted behind its back means the session is lost).
+ *
+ * The client library's retries, circuit breaker and `lost` event are not used: every request
+ * has a deadline, and the core decides what a failure means.
+ */
+import { Etcd3, type IKeyValue, type Watcher } from 'etcd3';
+import { noop } from 'cockatiel';
+import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
+import { BackendConfigError, SessionLostError } from '../src/backend.js';
+import { sleep } from '../src/clock.js';
+import { errorMessage } from '../src/elector.js';
+
+export interface EtcdOptions {
+  readonly endpoints: readonly string[];
+  readonly prefix: string;
+}
+
+/** etcd raises shorter lease TTLs to about 1.5 × its election timeout (2 s with defaults). */
+export const ETCD_MINIMUM_TTL_SECONDS = 2;
+
+export class EtcdBackend implements Backend {
+  readonly kind = 'etcd';
+  private readonly client: Etcd3;
+
+  constructor(private readonly options: EtcdOptions) {
+    this.client = new Etcd3({
+      hosts: [...options.endpoints],
+      dialTimeout: 2000,
+      faultHandling: { host: () => noop, global: noop },
+    });
+  }
+
+  async open(context: SessionContext): Promise<Session> {
+    const session = new EtcdSession(this.client, `${this.options.prefix}/${context.election}/`, context);
+    await session.start();
+    return session;
+  }
+
+  async shutdown(): Promise<void> {
+    this.client.close();
+  }
+}
+
+class EtcdSession implements Session {
+  private leaseId = '';
+  private campaigning = false;
+  private closed = false;
+  private watchers: Watcher[] = [];
+  private syncing: Promise<void> | null = null;
+  private syncAgain = false;
+
+  constructor(
+    private readonly client: Etcd3,
+    private readonly directory: string,
+    private readonly context: SessionContext,
+  ) {}
+
+  private get ownKey(): string {
+    return `${this.directory}${BigInt(this.leaseId).toString(16)}`;
+  }
+
+  private deadline() {
+    return { deadline: new Date(Date.now() + this.context.requestTimeoutMs) };
+  }
+
+  async start(): Promise<void> {
+    const { ttlSeconds } = this.context;
+    const grant = await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.deadline());
+    this.leaseId = grant.ID;
+    if (Number(grant.TTL) !== ttlSeconds) {
+      void this.revoke();
+      throw new BackendConfigError(
+        `ttl: etcd granted a ${grant.TTL} s lease for the ${ttlSeconds} s asked (its minimum lease TTL is higher); raise --ttl`,
+      );
+    }
+    this.sync();
+  }
+
+  async renew(): Promise<void> {
+    const stream = await this.client.leaseClient.leaseKeepAlive(this.deadline());
+    try {
+      const answer = await new Promise<{ TTL: string }>((resolve, reject) => {
+        stream.on('data', resolve);
+        stream.on('error', reject);
+        stream.write({ ID: this.leaseId });
+      });
+      if (Number(answer.TTL) <= 0) throw new SessionLostError(`etcd lease ${this.leaseId} has expired`);
+    } finally {
+      stream.end();
+    }
+  }
+
+  async campaign(): Promise<void> {
+    this.campaigning = true;
+    const value = JSON.stringify({ id: this.context.candidate.id, address: this.context.candidate.address });
+    // Create only if absent: a retried campaign must not move the key's create revision.
+    await this.client
+      .if(this.ownKey, 'Create', '==', 0)
+      .then(this.client.put(this.ownKey).value(value).lease(this.leaseId))
+      .options(this.deadline())
+      .commit();
+    await this.syncNow();
+  }
+
+  async withdraw(): Promise<void> {
+    this.campaigning = false;
+    await this.client.delete().key(this.ownKey).options(this.deadline()).exec();
+    await this.syncNow();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.campaigning = false;
+    this.unwatch();
+    await this.revoke();
+  }
+
+  private async revoke(): Promise<void> {
+    await this.client.leaseClient.leaseRevoke({ ID: this.leaseId }, this.deadline());
+  }
+
+  private syncNow(): Promise<void> {
+    this.sync();
+    return this.syncing ?? Promise.resolve();
+  }
+
+  /** Reads the candidates, reports the view, and watches what can change it. One at a time. */
+  private sync(): void {
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    this.syncing = (async () => {
+      do {
+        this.syncAgain = false;
+        await this.syncOnce();
+      } while (this.syncAgain && !this.closed);
+    })().finally(() => {
+      this.syncing = null;
+    });
+  }
+
+  private async syncOnce(): Promise<void> {
+    const { events, log } = this.context;
+    while (!this.closed) {
+      try {
+        const answer = await this.context.measure('range', () =>
+          this.client.getAll().prefix(this.directory).sort('Create', 'Ascend').options(this.deadline()).exec(),
+        );
+        if (this.closed) return;
+        const candidates = answer.kvs;
+        const own = candidates.findIndex((kv) => kv.key.toString() === this.ownKey);
+        if (this.campaigning && own < 0) {
+          events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
+          return;
+        }
+        const first = candidates[0];
+        events.view({ leader: first ? this.leaderFrom(first) : null, isSelf: own === 0 });
+        const watched = new Set<string>();
+        if (first) watched.add(first.key.toString());
+        if (own > 0) watched.add(candidates[own - 1]!.key.toString());
+        if (own >= 0) watched.add(this.ownKey);
+        this.watch([...watched], BigInt(answer.header.revision) + 1n);
+        return;
+      } catch (error) {
+        log.warn({ err: errorMessage(error) }, 'cannot read the election; retrying');
+        await sleep(Math.min(this.context.requestTimeoutMs, 500));
+      }
+    }
+  }
+
+  private leaderFrom(kv: IKeyValue): Leader {
+    let parsed: { id?: unknown; address?: unknown } = {};
+    try {
+      parsed = JSON.parse(kv.value.toString());
+    } catch {
+      this.context.log.warn({ key: kv.key.toString() }, 'leader key does not hold leaderd JSON');
+    }
+    return {
+      id: typeof parsed.id === 'string' ? parsed.id : kv.key.toString(),
+      address: typeof parsed.address === 'string' ? parsed.address : '',
+      fencingToken: Number(kv.create_revision),
+    };
+  }
+
+  private watch(keys: string[], fromRevision: bigint): void {
+    this.unwatch();
+    for (const key of keys) {
+      const watcher = this.client.watch().key(key).startRevision(fromRevision.toString()).watcher();
+      watcher.on('delete', () => this.sync());
+      watcher.on('error', (error) => {
+        this.context.log.warn({ err: errorMessage(error), key }, 'watch failed; re-reading the election');
+        this.sync();
+      });
+      this.watchers.push(watcher);
+    }
+  }
+
+  private unwatch(): void {
+    for (const watcher of this.watchers.splice(0)) void watcher.cancel().catch(() => undefined);
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * The contract between the election core and a coordination service.
+ *
+ * An adapter translates four verbs (open a session, renew it, campaign, withdraw) into its
+ * service's primitives and reports what it observes. It decides nothing: the core alone decides
+ * when this node may call itself primary, from the views an adapter reports and from its own
+ * lease deadline.
+ *
+ * The one promise every adapter must keep, on which the core's safety rests:
+ *
+ *   No other candidate can be made leader until at least `ttl` after the moment the last
+ *   successful `open()` or `renew()` of this session was *called*.
+ *
+ * (etcd: a keepalive is sent after the call starts and the server times the lease from its
+ * arrival. local: the heartbeat rename happens after the call starts and others expire it only
+ * after watching it unchanged for `ttl`.) The core stops calling itself primary `renewDeadline`
+ * (< ttl) after that moment, so a lost or frozen node has stepped down before anyone can replace it.
+ */
+import type { Logger } from 'pino';
+
+export interface Candidate {
+  /** Unique within the election: names this node to its peers. */
+  readonly id: string;
+  /** What replicas should connect to when this node is primary (host:port, URL, ...). */
+  readonly address: string;
+}
+
+export interface Leader extends Candidate {
+  /**
+   * Strictly larger for every later term of leadership in the same election (etcd: the leader
+   * key's create revision; local: a counter on disk). Applications fence writes with it.
+   */
+  readonly fencingToken: number;
+}
+
+/** What a session currently sees of the election. */
+export interface View {
+  readonly leader: Leader | null;
+  /** True when the leader is this session's own candidacy. */
+  readonly isSelf: boolean;
+}
+
+export const NO_VIEW: View = Object.freeze({ leader: null, isSelf: false });
+
+export interface SessionEvents {
+  /** The adapter's latest observation; call again whenever it changes. */
+  view(view: View): void;
+  /** The session is gone for good (lease expired, revoked, key deleted behind our back). */
+  lost(reason: Error): void;
+}
+
+export interface SessionContext {
+  readonly election: string;
+  readonly candidate: Candidate;
+  readonly ttlSeconds: number;
+  /** Upper bound for one request to the service; the core also enforces it. */
+  readonly requestTimeoutMs: number;
+  readonly events: SessionEvents;
+  readonly log: Logger;
+  /** Times a request to the service for the metrics; adapters wrap their internal requests in it. */
+  measure<T>(operation: string, request: () => Promise<T>): Promise<T>;
+}
+
+export interface Session {
+  /** Extends the session's lease. Rejects with SessionLostError when the lease is gone. */
+  renew(): Promise<void>;
+  /** Joins the race (idempotent). A new candidacy always gets a larger fencing token. */
+  campaign(): Promise<void>;
+  /** Leaves the race and releases leadership if held; the session keeps observing. */
+  withdraw(): Promise<void>;
+  /** Withdraws and ends the session (revokes the lease), best effort. */
+  close(): Promise<void>;
+}
+
+export interface Backend {
+  readonly kind: string;
+  open(context: SessionContext): Promise<Session>;
+  /** Releases connections to the service. */
+  shutdown(): Promise<void>;
+}
+
+/** The session can never be renewed again: the core drops it and opens a new one. */
+export class SessionLostError extends Error {
+  override readonly name = 'SessionLostError';
+}
+
+/**
+ * The service refuses the configuration (e.g. a ttl below its minimum). Retrying cannot help,
+ * so the core stops with this message.
+ */
+export class BackendConfigError extends Error {
+  override readonly name = 'BackendConfigError';
+}

@@ -1,0 +1,140 @@
+/**
+ * `leaderd`: reads the configuration, wires the elector to its backend, hooks, metrics and HTTP
+ * API, and handles the process's life: signals, fatal errors, exit codes.
+ *
+ * Exit codes: 0 after a clean shutdown, 1 on an unexpected failure, 2 when the configuration
+ * (flags, environment, file, or a backend's answer about it) must be fixed.
+ */
+import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import { BACKENDS, createBackend } from '../adapters/index.js';
+import { ConfigError, helpText, parseCommand, type Config } from './config.js';
+import { Elector, errorMessage } from './elector.js';
+import { HookRunner } from './hooks.js';
+import { createApp, listen } from './http.js';
+import { createLogger, type Logger } from './log.js';
+import { Metrics } from './metrics.js';
+
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+export async function main(argv: readonly string[]): Promise<void> {
+  let config: Config;
+  try {
+    const command = parseCommand(argv, process.env, BACKENDS);
+    if (command.kind === 'help') return void process.stdout.write(helpText(VERSION));
+    if (command.kind === 'version') return void process.stdout.write(`${VERSION}\n`);
+    config = command.config;
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    process.stderr.write(`leaderd: invalid configuration: ${error.message}\n`);
+    process.exit(2);
+  }
+  await run(config);
+}
+
+async function run(config: Config): Promise<void> {
+  const log = createLogger(config.logLevel, { election: config.election, id: config.id });
+  process.on('uncaughtException', (error) => crash(log, error));
+  process.on('unhandledRejection', (error) => crash(log, error));
+
+  const timing = {
+    ttlMs: config.ttlSeconds * 1000,
+    renewIntervalMs: (config.ttlSeconds * 1000) / 3,
+    renewDeadlineMs: config.renewDeadlineSeconds * 1000,
+  };
+  const backend = createBackend(config);
+  let exiting = false;
+  const shutdown = async (code: number, reason: string) => {
+    if (exiting) return;
+    exiting = true;
+    log.info({ reason }, 'shutting down');
+    await elector.stop();
+    server?.closeAllConnections();
+    server?.close();
+    log.info('stopped');
+    process.exit(code);
+  };
+
+  const elector: Elector = new Elector({
+    election: config.election,
+    candidate: { id: config.id, address: config.address },
+    backend,
+    timing,
+    log,
+    settle: () => hooks.idle(),
+    fatal: (error) => {
+      log.error({ err: error.message }, 'the backend refused the configuration');
+      process.stderr.write(`leaderd: invalid configuration: ${error.message}\n`);
+      void shutdown(2, 'configuration refused by the backend');
+    },
+  });
+  const metrics = new Metrics({
+    election: config.election,
+    id: config.id,
+    backend: backend.kind,
+    version: VERSION,
+    status: () => elector.status(),
+  });
+  const hooks: HookRunner = new HookRunner({
+    election: config.election,
+    id: config.id,
+    exec: config.hooks.exec,
+    url: config.hooks.url,
+    timeoutMs: config.hooks.timeoutSeconds * 1000,
+    log,
+    listener: metrics,
+    holdsTerm: (token) => elector.holdsTerm(token),
+    promoteFailed: (reason) => {
+      if (config.hooks.promoteFailure === 'resign') void elector.resign(timing.ttlMs, reason);
+    },
+  });
+  elector.subscribe(metrics);
+  elector.subscribe({ transition: (transition) => hooks.enqueue(transition) });
+
+  let server: Server | undefined;
+  const app = createApp({
+    election: config.election,
+    id: config.id,
+    ttlSeconds: config.ttlSeconds,
+    backend: backend.kind,
+    elector,
+    metrics,
+    adminToken: config.adminToken,
+    log,
+  });
+  try {
+    server = await listen(app, config.http.host, config.http.port);
+  } catch (error) {
+    process.stderr.write(`leaderd: http: cannot listen on ${config.http.host}:${config.http.port}: ${errorMessage(error)}\n`);
+    process.exit(2);
+  }
+  const address = server.address();
+  log.info(
+    {
+      http: typeof address === 'object' && address ? `${address.address}:${address.port}` : String(address),
+      backend: backend.kind,
+      ttlSeconds: config.ttlSeconds,
+      renewDeadlineSeconds: config.renewDeadlineSeconds,
+      hooks: { ...config.hooks.exec, url: config.hooks.url !== null },
+      admin: config.adminToken !== null,
+      version: VERSION,
+    },
+    'leaderd started',
+  );
+
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.on(signal, () => {
+      if (exiting) {
+        log.warn({ signal }, 'second signal: exiting at once');
+        process.exit(1);
+      }
+      void shutdown(0, signal);
+    });
+  }
+  elector.start();
+}
+
+function crash(log: Logger, error: unknown): void {
+  log.fatal({ err: error instanceof Error ? (error.stack ?? error.message) : String(error) }, 'unexpected failure');
+  process.exit(1);
+}

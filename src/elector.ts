@@ -1,0 +1,402 @@
+/**
+ * The election state machine: one per election, backend-agnostic.
+ *
+ * Invariant: this node reports itself primary, and lets the application act as primary, only
+ * while (a) its session's view says its own candidacy leads, (b) it is campaigning, and (c) its
+ * lease deadline (see lease.ts) has not passed. All three are re-checked by `status()` at the
+ * moment of every answer and every action, not only by timers, so a process that was frozen
+ * past its deadline cannot answer or act as primary when it resumes: its first look at the
+ * clock ends the term.
+ *
+ * A term that ends for any reason ends the session with it; the next term needs a new session
+ * and a new candidacy, hence a strictly larger fencing token.
+ *
+ * Role changes are derived, never stored: `reconcile()` computes (role, leader) from the facts
+ * above, compares them with what was last published, and announces the differences in a fixed
+ * order: demote, then leader-change, then promote.
+ */
+import type { Backend, Candidate, Leader, Session, View } from './backend.js';
+import { NO_VIEW, SessionLostError, BackendConfigError } from './backend.js';
+import { monotonicMs, withTimeout } from './clock.js';
+import { LeaseDeadline, now } from './lease.js';
+import type { Logger } from './log.js';
+
+export type Role = 'primary' | 'replica' | 'unknown';
+export type TransitionEvent = 'promote' | 'demote' | 'leader-change';
+
+export interface Timing {
+  readonly ttlMs: number;
+  /** How often the session is renewed (ttl/3). */
+  readonly renewIntervalMs: number;
+  /** How long after the last successful renewal was sent this node may still act (< ttl). */
+  readonly renewDeadlineMs: number;
+}
+
+export interface Status {
+  readonly role: Role;
+  readonly leader: Leader | null;
+  /** When `role` last changed (wall clock, for people). */
+  readonly since: Date;
+  /** A session exists and its lease deadline has not passed. */
+  readonly connected: boolean;
+  /** The election loop ran within one ttl. */
+  readonly alive: boolean;
+  /** Milliseconds left on the lease deadline (0 without a session). */
+  readonly leaseRemainingMs: number;
+}
+
+export interface Transition {
+  readonly event: TransitionEvent;
+  /** The role after the transition. */
+  readonly role: Role;
+  /** For promote/leader-change, the new leader; for demote, the leader whose term ended. */
+  readonly leader: Leader | null;
+  readonly reason: string;
+}
+
+/** What the rest of leaderd may observe; every method optional. */
+export interface ElectorListener {
+  transition?(transition: Transition, status: Status): void;
+  change?(status: Status): void;
+  backendRequest?(operation: string, seconds: number, failed: boolean): void;
+  renewal?(succeeded: boolean): void;
+}
+
+export interface ElectorOptions {
+  readonly election: string;
+  readonly candidate: Candidate;
+  readonly backend: Backend;
+  readonly timing: Timing;
+  readonly log: Logger;
+  /**
+   * Resolves once the application has acted on every transition announced so far (the hooks
+   * have run). Leadership is released only after it, so the application has stepped down
+   * before a peer can be promoted.
+   */
+  readonly settle: () => Promise<void>;
+  /** The backend refused the configuration; leaderd cannot go on. */
+  readonly fatal: (error: Error) => void;
+}
+
+type Phase = 'running' | 'stopping' | 'stopped';
+
+interface Attempt {
+  view: View;
+}
+
+interface Published {
+  role: Role;
+  leader: Leader | null;
+  connected: boolean;
+  since: Date;
+}
+
+export class Elector {
+  private phase: Phase = 'running';
+  private session: Session | null = null;
+  private attempt: Attempt | null = null;
+  private lease: LeaseDeadline | null = null;
+  private campaigning = true;
+  private lastTickAt = monotonicMs();
+  private lastAnnouncedLeader: Leader | null = null;
+  private published: Published = { role: 'unknown', leader: null, connected: false, since: new Date() };
+  private readonly listeners: ElectorListener[] = [];
+  private loopTimer: NodeJS.Timeout | undefined;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private holdOffTimer: NodeJS.Timeout | undefined;
+  private loopWake: (() => void) | null = null;
+  private loopDone: Promise<void> = Promise.resolve();
+
+  constructor(private readonly options: ElectorOptions) {}
+
+  /** Returns the function that unsubscribes. */
+  subscribe(listener: ElectorListener): () => void {
+    this.listeners.push(listener);
+    return () => {
+      const index = this.listeners.indexOf(listener);
+      if (index >= 0) this.listeners.splice(index, 1);
+    };
+  }
+
+  start(): void {
+    this.loopDone = this.loop();
+  }
+
+  /** The current state, checked against the clock now. */
+  status(): Status {
+    this.reconcile('checked');
+    const at = now();
+    return {
+      role: this.published.role,
+      leader: this.published.leader,
+      since: this.published.since,
+      connected: this.published.connected,
+      alive: this.phase === 'running' && monotonicMs() - this.lastTickAt < this.options.timing.ttlMs,
+      leaseRemainingMs: this.lease?.remainingMs(at) ?? 0,
+    };
+  }
+
+  /** True while `fencingToken`'s term is this node's and its lease is valid: asked before acting. */
+  holdsTerm(fencingToken: number): boolean {
+    const { role, leader } = this.status();
+    return role === 'primary' && leader?.fencingToken === fencingToken;
+  }
+
+  /**
+   * Steps down now and stays out of the race for `holdOffMs`. Resolves once leadership has been
+   * released (after the demote hook), so a peer can win at once.
+   */
+  async resign(holdOffMs: number, reason: string): Promise<void> {
+    if (this.phase !== 'running') return;
+    this.campaigning = false;
+    this.reconcile(reason);
+    clearTimeout(this.holdOffTimer);
+    this.holdOffTimer = setTimeout(() => this.rejoin(), holdOffMs);
+    this.options.log.info({ holdOffSeconds: holdOffMs / 1000, reason }, 'resigned: out of the race');
+    await this.options.settle();
+    const session = this.session;
+    if (session) await this.request('withdraw', () => session.withdraw()).catch(() => undefined);
+  }
+
+  /** Demotes if primary, releases leadership, ends the session. */
+  async stop(): Promise<void> {
+    if (this.phase !== 'running') return this.loopDone;
+    this.phase = 'stopping';
+    this.campaigning = false;
+    clearTimeout(this.holdOffTimer);
+    this.reconcile('shutdown');
+    this.wakeLoop();
+    await this.loopDone;
+    await this.options.settle();
+    const session = this.session;
+    this.session = null;
+    this.attempt = null;
+    this.lease = null;
+    if (session) await this.request('close', () => session.close()).catch(() => undefined);
+    await this.options.backend.shutdown().catch(() => undefined);
+    this.phase = 'stopped';
+    this.reconcile('stopped');
+  }
+
+  private rejoin(): void {
+    if (this.phase !== 'running') return;
+    this.campaigning = true;
+    const session = this.session;
+    if (session) void this.request('campaign', () => session.campaign()).catch(() => undefined);
+  }
+
+  // The election loop: one step at a time, either opening a session or renewing it.
+  private async loop(): Promise<void> {
+    while (this.phase === 'running') {
+      this.lastTickAt = monotonicMs();
+      const delay = this.session ? await this.renew(this.session) : await this.open();
+      if (this.phase !== 'running') break;
+      await new Promise<void>((resolve) => {
+        this.loopWake = resolve;
+        this.loopTimer = setTimeout(resolve, delay);
+      });
+      this.loopWake = null;
+    }
+  }
+
+  private wakeLoop(): void {
+    clearTimeout(this.loopTimer);
+    this.loopWake?.();
+  }
+
+  private get retryDelayMs(): number {
+    return Math.min(this.options.timing.renewIntervalMs, 1000);
+  }
+
+  /** Opens a session; returns how long to wait before the next step. */
+  private async open(): Promise<number> {
+    const { backend, candidate, election, log, timing } = this.options;
+    const attempt: Attempt = { view: NO_VIEW };
+    const sentAt = now();
+    let session: Session;
+    try {
+      session = await this.request('open', () =>
+        backend.open({
+          election,
+          candidate,
+          ttlSeconds: timing.ttlMs / 1000,
+          requestTimeoutMs: this.requestTimeoutMs,
+          log: log.child({ backend: backend.kind }),
+          measure: (operation, request) => this.request(operation, request),
+          events: {
+            view: (view) => {
+              attempt.view = view;
+              if (this.attempt === attempt) this.reconcile('observed');
+            },
+            lost: (reason) => {
+              if (this.attempt === attempt) this.dropSession(`session lost: ${reason.message}`);
+            },
+          },
+        }),
+      );
+    } catch (error) {
+      if (error instanceof BackendConfigError) {
+        this.options.fatal(error);
+        return this.retryDelayMs;
+      }
+      log.warn({ err: errorMessage(error) }, 'cannot open a session; retrying');
+      this.reconcile('backend unreachable');
+      return this.retryDelayMs;
+    }
+    if (this.phase !== 'running') {
+      void session.close().catch(() => undefined);
+      return 0;
+    }
+    this.session = session;
+    this.attempt = attempt;
+    this.lease = new LeaseDeadline(timing.renewDeadlineMs, sentAt);
+    this.armDeadlineTimer();
+    log.info('session opened');
+    if (this.campaigning) {
+      await this.request('campaign', () => session.campaign()).catch((error: unknown) => {
+        if (this.session === session) this.dropSession(`campaign failed: ${errorMessage(error)}`);
+      });
+    }
+    this.reconcile('session opened');
+    return this.session ? timing.renewIntervalMs : this.retryDelayMs;
+  }
+
+  /** Renews the session; returns how long to wait before the next step. */
+  private async renew(session: Session): Promise<number> {
+    if (!this.lease?.isValid()) {
+      this.reconcile('lease deadline passed');
+      return 0;
+    }
+    const sentAt = now();
+    try {
+      await this.request('renew', () => session.renew());
+    } catch (error) {
+      if (this.session !== session) return 0;
+      this.emit((l) => l.renewal?.(false));
+      if (error instanceof SessionLostError) {
+        this.dropSession(`session lost: ${error.message}`);
+        return 0;
+      }
+      this.options.log.warn({ err: errorMessage(error) }, 'lease renewal failed');
+      this.reconcile('renewal failed');
+      return this.retryDelayMs;
+    }
+    if (this.session !== session || !this.lease) return 0;
+    this.lease.renewed(sentAt);
+    this.emit((l) => l.renewal?.(true));
+    this.armDeadlineTimer();
+    this.reconcile('renewed');
+    return this.options.timing.renewIntervalMs - (now().monotonic - sentAt.monotonic);
+  }
+
+  private get requestTimeoutMs(): number {
+    return this.options.timing.renewIntervalMs;
+  }
+
+  /** Runs one request to the backend with a timeout, and reports its latency. */
+  private async request<T>(operation: string, call: () => Promise<T>): Promise<T> {
+    const started = monotonicMs();
+    let failed = true;
+    try {
+      const result = await withTimeout(call(), this.requestTimeoutMs, `backend ${operation}`);
+      failed = false;
+      return result;
+    } finally {
+      const seconds = (monotonicMs() - started) / 1000;
+      this.emit((l) => l.backendRequest?.(operation, seconds, failed));
+    }
+  }
+
+  // A timer at the deadline makes a silent expiry visible (log, hooks, metrics) even when no
+  // one asks; correctness does not depend on it, since every answer re-checks the clock.
+  private armDeadlineTimer(): void {
+    clearTimeout(this.deadlineTimer);
+    const remaining = this.lease?.remainingMs();
+    if (remaining) this.deadlineTimer = setTimeout(() => this.reconcile('lease deadline passed'), remaining + 1);
+  }
+
+  /** Ends the current session (its term, if any, with it); the loop opens a new one. */
+  private dropSession(reason: string): void {
+    const session = this.session;
+    if (!session) return;
+    this.session = null;
+    this.attempt = null;
+    this.lease = null;
+    clearTimeout(this.deadlineTimer);
+    this.options.log.warn({ reason }, 'session ended');
+    this.reconcile(reason);
+    void this.request('close', () => session.close()).catch(() => undefined);
+    this.wakeLoop();
+  }
+
+  private reconcile(reason: string): void {
+    if (this.session && !this.lease?.isValid()) {
+      this.dropSession('lease deadline passed');
+      return;
+    }
+    const view = this.attempt?.view ?? NO_VIEW;
+    const connected = this.session !== null && this.phase === 'running';
+    const role: Role = !connected ? 'unknown' : view.isSelf && this.campaigning ? 'primary' : 'replica';
+    const leader = connected ? view.leader : null;
+    this.publish(role, leader, connected, reason);
+  }
+
+  private publish(role: Role, leader: Leader | null, connected: boolean, reason: string): void {
+    const before = this.published;
+    const termChanged = !sameLeader(before.leader, leader);
+    if (before.role === role && !termChanged && before.connected === connected) return;
+
+    const since = before.role === role ? before.since : new Date();
+    this.published = { role, leader, connected, since };
+    const transitions: Transition[] = [];
+    if (before.role === 'primary' && (role !== 'primary' || termChanged)) {
+      transitions.push({ event: 'demote', role, leader: before.leader, reason });
+    }
+    if (leader && !sameLeader(this.lastAnnouncedLeader, leader)) {
+      this.lastAnnouncedLeader = leader;
+      transitions.push({ event: 'leader-change', role, leader, reason });
+    }
+    if (role === 'primary' && (before.role !== 'primary' || termChanged)) {
+      transitions.push({ event: 'promote', role, leader, reason });
+    }
+
+    const status = this.statusSnapshot();
+    if (before.role !== role) {
+      this.options.log.info(
+        { role, previousRole: before.role, leader: leader?.id ?? null, fencingToken: leader?.fencingToken ?? null, reason },
+        `role: ${role}`,
+      );
+    }
+    for (const transition of transitions) this.emit((l) => l.transition?.(transition, status));
+    this.emit((l) => l.change?.(status));
+  }
+
+  private statusSnapshot(): Status {
+    return {
+      role: this.published.role,
+      leader: this.published.leader,
+      since: this.published.since,
+      connected: this.published.connected,
+      alive: this.phase === 'running',
+      leaseRemainingMs: this.lease?.remainingMs() ?? 0,
+    };
+  }
+
+  private emit(call: (listener: ElectorListener) => void): void {
+    for (const listener of this.listeners) {
+      try {
+        call(listener);
+      } catch (error) {
+        this.options.log.error({ err: errorMessage(error) }, 'listener failed');
+      }
+    }
+  }
+}
+
+function sameLeader(a: Leader | null, b: Leader | null): boolean {
+  return a?.id === b?.id && a?.fencingToken === b?.fencingToken;
+}
+
+export function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

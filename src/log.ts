@@ -1,0 +1,11 @@
+import { pino, type Logger } from 'pino';
+
+export type { Logger };
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Structured JSON lines on stdout: one object per event, ready for any log shipper. */
+export function createLogger(level: LogLevel, base: Record<string, string>): Logger {
+  return pino({ level, base, timestamp: pino.stdTimeFunctions.isoTime });
+}

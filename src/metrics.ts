@@ -1,0 +1,159 @@
+/**
+ * Prometheus metrics. Gauges that describe the present (role, lease time left, connection) are
+ * computed from `status()` at scrape time, so a scrape after a freeze reports the truth too.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ElectorListener, Role, Status, Transition } from './elector.js';
+import type { HookListener } from './hooks.js';
+
+const ROLES: readonly Role[] = ['primary', 'replica', 'unknown'];
+
+export interface MetricsOptions {
+  readonly election: string;
+  readonly id: string;
+  readonly backend: string;
+  readonly version: string;
+  readonly status: () => Status;
+}
+
+export class Metrics implements ElectorListener, HookListener {
+  readonly registry = new Registry();
+  private readonly transitions: Counter<'direction'>;
+  private readonly lastTransition: Gauge;
+  private readonly backendLatency: Histogram<'operation'>;
+  private readonly backendErrors: Counter<'operation'>;
+  private readonly renewals: Counter<'result'>;
+  private readonly hookRuns: Counter<'event'>;
+  private readonly hookFailures: Counter<'event'>;
+  private readonly hookDuration: Histogram<'event'>;
+
+  constructor(options: MetricsOptions) {
+    const registers = [this.registry];
+    const { status } = options;
+    collectDefaultMetrics({ register: this.registry });
+
+    new Gauge({
+      name: 'leaderd_info',
+      help: 'Constant 1, labelled with what this sidecar is.',
+      labelNames: ['election', 'id', 'backend', 'version'],
+      registers,
+    }).set({ election: options.election, id: options.id, backend: options.backend, version: options.version }, 1);
+
+    new Gauge({
+      name: 'leader_election_master_status',
+      help: '1 while this node is the primary, 0 otherwise (the metric client-go leader election exports).',
+      labelNames: ['name'],
+      registers,
+      collect() {
+        this.set({ name: options.election }, status().role === 'primary' ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'leaderd_role',
+      help: '1 for the role this node is in now, 0 for the others.',
+      labelNames: ['role'],
+      registers,
+      collect() {
+        const role = status().role;
+        for (const r of ROLES) this.set({ role: r }, r === role ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'leaderd_fencing_token',
+      help: "The current leader's fencing token; 0 when no leader is known.",
+      registers,
+      collect() {
+        this.set(status().leader?.fencingToken ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'leaderd_backend_connected',
+      help: '1 while this node holds a session whose lease deadline has not passed.',
+      registers,
+      collect() {
+        this.set(status().connected ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'leaderd_lease_remaining_seconds',
+      help: 'Seconds left before the local lease deadline, as of the last successful renewal.',
+      registers,
+      collect() {
+        this.set(status().leaseRemainingMs / 1000);
+      },
+    });
+
+    this.transitions = new Counter({
+      name: 'leaderd_transitions_total',
+      help: 'Role transitions, by direction (promote, demote).',
+      labelNames: ['direction'],
+      registers,
+    });
+    this.lastTransition = new Gauge({
+      name: 'leaderd_last_transition_timestamp_seconds',
+      help: 'Unix time of the last promote or demote.',
+      registers,
+    });
+    this.backendLatency = new Histogram({
+      name: 'leaderd_backend_request_duration_seconds',
+      help: 'Latency of requests to the coordination service, by operation.',
+      labelNames: ['operation'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.backendErrors = new Counter({
+      name: 'leaderd_backend_errors_total',
+      help: 'Failed requests to the coordination service, by operation.',
+      labelNames: ['operation'],
+      registers,
+    });
+    this.renewals = new Counter({
+      name: 'leaderd_lease_renewals_total',
+      help: 'Lease renewals, by result (success, failure).',
+      labelNames: ['result'],
+      registers,
+    });
+    this.hookRuns = new Counter({
+      name: 'leaderd_hook_runs_total',
+      help: 'Hook runs, by event.',
+      labelNames: ['event'],
+      registers,
+    });
+    this.hookFailures = new Counter({
+      name: 'leaderd_hook_failures_total',
+      help: 'Hook runs that failed or timed out, by event.',
+      labelNames: ['event'],
+      registers,
+    });
+    this.hookDuration = new Histogram({
+      name: 'leaderd_hook_duration_seconds',
+      help: 'How long hooks ran, by event.',
+      labelNames: ['event'],
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    for (const direction of ['promote', 'demote']) this.transitions.inc({ direction }, 0);
+    for (const result of ['success', 'failure']) this.renewals.inc({ result }, 0);
+  }
+
+  transition({ event }: Transition): void {
+    if (event === 'leader-change') return;
+    this.transitions.inc({ direction: event });
+    this.lastTransition.set(Date.now() / 1000);
+  }
+
+  backendRequest(operation: string, seconds: number, failed: boolean): void {
+    this.backendLatency.observe({ operation }, seconds);
+    if (failed) this.backendErrors.inc({ operation });
+  }
+
+  renewal(succeeded: boolean): void {
+    this.renewals.inc({ result: succeeded ? 'success' : 'failure' });
+  }
+
+  hookRun(event: string, seconds: number, failed: boolean): void {
+    this.hookRuns.inc({ event });
+    this.hookDuration.observe({ event }, seconds);
+    if (failed) this.hookFailures.inc({ event });
+  }
+}
