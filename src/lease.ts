@@ -50,9 +50,9 @@ export class LeaseDeadline {
     return this.remainingMs(at) > 0;
   }
 
-  /** Records a renewal sent at `sentAt` that the service has just confirmed. */
-  renewed(sentAt: Instant): void {
-    if (!this.isValid()) return;
+  /** Records a renewal sent at `sentAt` and confirmed by the service at `confirmedAt`. */
+  renewed(sentAt: Instant, confirmedAt: Instant = now()): void {
+    if (!this.isValid(confirmedAt)) return;
     if (sentAt.monotonic > this.renewedAt.monotonic) this.renewedAt = sentAt;
   }
 }

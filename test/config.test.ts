@@ -1,0 +1,121 @@
+import { writeFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { BACKENDS } from '../adapters/index.js';
+import { OPTIONS, envName, parseCommand, type Config } from '../src/config.js';
+import { scratchFile } from './conformance.js';
+import { runLeaderd } from './harness/sidecar.js';
+
+function config(argv: string[], env: NodeJS.ProcessEnv = {}): Config {
+  const command = parseCommand(argv, env, BACKENDS);
+  if (command.kind !== 'run') throw new Error(`not a run: ${command.kind}`);
+  return command.config;
+}
+
+function yamlFile(text: string): string {
+  const file = scratchFile('config.yaml');
+  writeFileSync(file, text);
+  return file;
+}
+
+describe('configuration', () => {
+  it('has safe defaults: loopback HTTP, local backend, ttl 10 s, renew deadline 2/3 ttl', () => {
+    const c = config([]);
+    expect(c.http).toEqual({ host: '127.0.0.1', port: 7070 });
+    expect(c.backend).toBe('local');
+    expect(c.ttlSeconds).toBe(10);
+    expect(c.renewDeadlineSeconds).toBeCloseTo(20 / 3);
+    expect(c.adminToken).toBeNull();
+    expect(c.hooks).toMatchObject({ timeoutSeconds: 30, promoteFailure: 'resign', url: null, exec: {} });
+  });
+
+  it('takes flags over environment over file over defaults', () => {
+    const file = yamlFile('ttl: 20\nelection: from-file\nid: file-id\naddress: file:1\n');
+    const env = { LEADERD_TTL: '15', LEADERD_ELECTION: 'from-env', LEADERD_CONFIG: file };
+    const c = config(['--ttl', '12'], env);
+    expect(c.ttlSeconds).toBe(12);
+    expect(c.election).toBe('from-env');
+    expect(c.id).toBe('file-id');
+    expect(c.address).toBe('file:1');
+  });
+
+  it('splits hook commands like a shell would, but runs them without one', () => {
+    const c = config(['--on-promote', `/usr/bin/promote --name "my db" 'x y'`]);
+    expect(c.hooks.exec.promote).toEqual(['/usr/bin/promote', '--name', 'my db', 'x y']);
+    const fromFile = config(['--config', yamlFile('on-demote: [/bin/demote, "--now"]\n')]);
+    expect(fromFile.hooks.exec.demote).toEqual(['/bin/demote', '--now']);
+  });
+
+  it('reads the admin token from a file, trimmed', () => {
+    const file = scratchFile('token');
+    writeFileSync(file, '  a-long-admin-token\n');
+    expect(config(['--admin-token-file', file]).adminToken).toBe('a-long-admin-token');
+  });
+
+  it('accepts a comma-separated list of etcd endpoints', () => {
+    const c = config(['--backend', 'etcd', '--etcd-endpoints', 'http://10.0.0.1:2379, https://10.0.0.2:2379']);
+    expect(c.etcd.endpoints).toEqual(['http://10.0.0.1:2379', 'https://10.0.0.2:2379']);
+  });
+
+  const refused: Array<[string, string[], NodeJS.ProcessEnv, RegExp]> = [
+    ['a ttl that is not a number', ['--ttl', 'abc'], {}, /^ttl: must be a number of seconds$/],
+    ['a renew deadline not below the ttl', ['--ttl', '3', '--renew-deadline', '3'], {}, /^renew-deadline: must be below ttl/],
+    ['a renew deadline not above the renew interval', ['--ttl', '9', '--renew-deadline', '2'], {}, /^renew-deadline: must be above the renew interval/],
+    ['an unknown backend', ['--backend', 'zk'], {}, /^backend: must be one of local, etcd, got "zk"$/],
+    ['a ttl below the backend minimum', ['--backend', 'etcd', '--ttl', '1'], {}, /^ttl: 1 s is below the etcd backend's minimum of 2 s$/],
+    ['an unknown flag', ['--bogus', 'x'], {}, /^unknown flag --bogus/],
+    ['a flag without its value', ['--ttl'], {}, /^flag --ttl needs a value$/],
+    ['a bad listen address', ['--http', 'localhost'], {}, /^http: must be HOST:PORT/],
+    ['a bad endpoint', ['--backend', 'etcd', '--etcd-endpoints', 'ftp://x'], {}, /^etcd-endpoints: must be a URL/],
+    ['a hook that needs a shell', ['--on-promote', 'promote | tee log'], {}, /^on-promote: hooks run without a shell/],
+    ['a bad election name', ['--election', '../etc'], {}, /^election: must be 1-128 letters/],
+    ['a bad promote-failure action', ['--promote-failure', 'panic'], {}, /^promote-failure: must be resign or ignore$/],
+    ['a bad value from the environment', [], { LEADERD_HOOK_TIMEOUT: '-1' }, /^hook-timeout: must be at least/],
+    ['both admin token sources', ['--admin-token', 'aaaaaaaaaa', '--admin-token-file', '/dev/null'], {}, /^admin-token: give either/],
+    ['a missing token file', ['--admin-token-file', '/nonexistent/token'], {}, /^admin-token-file: cannot read \/nonexistent\/token: ENOENT$/],
+    ['a missing config file', ['--config', '/nonexistent.yaml'], {}, /^config: cannot read \/nonexistent.yaml: ENOENT$/],
+  ];
+  for (const [what, argv, env, message] of refused) {
+    it(`refuses ${what}, naming the setting`, () => {
+      expect(() => config(argv, env)).toThrow(message);
+    });
+  }
+
+  it('refuses an unknown key, invalid YAML and a non-mapping in the config file', () => {
+    expect(() => config(['--config', yamlFile('tll: 10\n')])).toThrow(/^config: unknown setting "tll"/);
+    expect(() => config(['--config', yamlFile('ttl: [1\n')])).toThrow(/^config: .* is not valid YAML/);
+    expect(() => config(['--config', yamlFile('- ttl\n')])).toThrow(/must hold a mapping/);
+    expect(() => config(['--config', yamlFile('ttl: -5\n')])).toThrow(/^ttl: must be at least 1$/);
+  });
+});
+
+describe('the leaderd command', () => {
+  it('exits 2 with a one-line message naming the field, and no stack trace', async () => {
+    const result = await runLeaderd(['--ttl', '3', '--renew-deadline', '5']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe('leaderd: invalid configuration: renew-deadline: must be below ttl (5 s >= 3 s)\n');
+    expect(result.stdout).toBe('');
+  });
+
+  it('exits 2 when the HTTP address is taken', async () => {
+    const { createServer } = await import('node:net');
+    const server = createServer().listen(0, '127.0.0.1');
+    await new Promise((r) => server.once('listening', r));
+    const { port } = server.address() as { port: number };
+    try {
+      const result = await runLeaderd(['--http', `127.0.0.1:${port}`, '--local-dir', scratchFile('dir')]);
+      expect(result.code).toBe(2);
+      expect(result.stderr).toMatch(new RegExp(`^leaderd: http: cannot listen on 127.0.0.1:${port}: .*EADDRINUSE`));
+    } finally {
+      server.close();
+    }
+  });
+
+  it('--help lists every flag with its environment variable', async () => {
+    const result = await runLeaderd(['--help']);
+    expect(result.code).toBe(0);
+    for (const name of Object.keys(OPTIONS)) {
+      expect(result.stdout).toContain(`--${name} `);
+      expect(result.stdout).toContain(envName(name));
+    }
+  });
+});

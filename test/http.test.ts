@@ -1,0 +1,76 @@
+import { writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newElection, scratchFile } from './conformance.js';
+import { Sidecar } from './harness/sidecar.js';
+
+let node: Sidecar;
+const token = 'http-test-admin-token';
+
+beforeAll(async () => {
+  const tokenFile = scratchFile('token');
+  writeFileSync(tokenFile, token);
+  node = await Sidecar.start('http-node', [
+    '--local-dir', scratchFile('dir'), '--election', newElection(), '--ttl', '2', '--admin-token-file', tokenFile,
+  ]);
+  await node.waitForRole('primary', 10000);
+});
+afterAll(() => Sidecar.killAll());
+
+describe('HTTP API: bad requests get JSON errors and never hurt the sidecar', () => {
+  it('answers 404 with JSON for an unknown path', async () => {
+    const response = await node.fetch('/nope');
+    expect(response.status).toBe(404);
+    expect(await response.json()).toEqual({ error: 'no such endpoint: /nope' });
+  });
+
+  it('answers 405 with JSON and an Allow header for a wrong method', async () => {
+    const response = await node.fetch('/role', { method: 'DELETE' });
+    expect(response.status).toBe(405);
+    expect(response.headers.get('allow')).toBe('GET, HEAD');
+    expect((await response.json()).error).toMatch(/method not allowed/);
+    expect((await node.fetch('/resign')).status).toBe(405);
+  });
+
+  it('answers 400 with JSON for a malformed body, and 413 for an oversized one', async () => {
+    const post = (body: string) =>
+      node.fetch('/resign', {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body,
+      });
+    const malformed = await post('{"holdOffSeconds": ');
+    expect(malformed.status).toBe(400);
+    expect(await malformed.json()).toEqual({ error: 'malformed JSON body' });
+    const unknownField = await post('{"holdOff": 3}');
+    expect(unknownField.status).toBe(400);
+    expect((await unknownField.json()).error).toMatch(/invalid body/);
+    const huge = await post(JSON.stringify({ pad: 'x'.repeat(100000) }));
+    expect(huge.status).toBe(413);
+    expect((await node.role()).role).toBe('primary');
+  });
+
+  it('survives garbage on the socket and keeps answering', async () => {
+    const { hostname, port } = new URL(node.url);
+    const reply = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), hostname, () => socket.write('\x00\x01 NOT HTTP \r\n\r\n'));
+      let data = '';
+      socket.on('data', (c) => (data += c));
+      socket.on('close', () => resolve(data));
+      socket.on('error', reject);
+    });
+    expect(reply).toMatch(/^HTTP\/1\.1 400/);
+    expect((await node.fetch('/healthz')).status).toBe(200);
+  });
+
+  it('streams the current state at once on /watch', async () => {
+    const state = await node.waitForState(() => true, 5000);
+    expect(state).toMatchObject({ id: 'http-node', role: 'primary', backend: { kind: 'local', connected: true } });
+    expect(Date.parse(state.since)).not.toBeNaN();
+  });
+
+  it('answers the leader-elector sidecar\'s GET / and the liveness probe', async () => {
+    expect(await (await node.fetch('/')).json()).toEqual({ name: 'http-node' });
+    expect(await (await node.fetch('/healthz')).json()).toEqual({ alive: true });
+  });
+});

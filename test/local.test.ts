@@ -1,0 +1,35 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { conformance, newElection, settled } from './conformance.js';
+import { Sidecar } from './harness/sidecar.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'leaderd-local-'));
+const ttlSeconds = 2;
+const args = (election: string) => ['--backend', 'local', '--local-dir', dir, '--election', election, '--ttl', String(ttlSeconds)];
+
+conformance({ name: 'local', ttlSeconds, args });
+
+describe('local: backend specifics', () => {
+  afterEach(() => Sidecar.killAll());
+
+  it('a crashed leader is replaced at once: its process is gone, so nobody waits for the ttl', async () => {
+    const election = newElection();
+    const group = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`local-${n}`, args(election))));
+    const { primary, replicas } = await settled(group, 10000);
+    const killedAt = performance.now();
+    primary.signal('SIGKILL');
+    await primary.exited;
+    await replicas[0]!.waitForRole('primary', ttlSeconds * 1000 + 3000);
+    expect(performance.now() - killedAt).toBeLessThan((ttlSeconds * 1000) / 2);
+  });
+
+  it('elections in the same directory are independent', async () => {
+    const [one, two] = [newElection(), newElection()];
+    const a = await Sidecar.start('local-one', args(one));
+    const b = await Sidecar.start('local-two', args(two));
+    await a.waitForRole('primary', 10000);
+    await b.waitForRole('primary', 10000);
+  });
+});
