@@ -12,7 +12,7 @@
  * has a deadline, and the core decides what a failure means.
  */
 import { Etcd3, type IKeyValue, type Watcher } from 'etcd3';
-import { noop } from 'cockatiel';
+import { ExponentialBackoff, noop } from 'cockatiel';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
 import { BackendConfigError, SessionLostError } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
@@ -34,7 +34,9 @@ export class EtcdBackend implements Backend {
     this.client = new Etcd3({
       hosts: [...options.endpoints],
       dialTimeout: 2000,
-      faultHandling: { host: () => noop, global: noop },
+      // No retries or circuit breaker (the core retries on its own schedule), and watches that
+      // come back within a second of etcd returning rather than the library's 30 s backoff.
+      faultHandling: { host: () => noop, global: noop, watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }).next(undefined) },
     });
   }
 

@@ -115,7 +115,8 @@ async function run(config: Config): Promise<void> {
       backend: backend.kind,
       ttlSeconds: config.ttlSeconds,
       renewDeadlineSeconds: config.renewDeadlineSeconds,
-      hooks: { ...config.hooks.exec, url: config.hooks.url !== null },
+      // Which events have hooks, not the commands: their arguments may carry credentials.
+      hooks: [...Object.keys(config.hooks.exec), ...(config.hooks.url ? ['url'] : [])],
       admin: config.adminToken !== null,
       version: VERSION,
     },
