@@ -36,7 +36,11 @@ export class EtcdBackend implements Backend {
       dialTimeout: 2000,
       // No retries or circuit breaker (the core retries on its own schedule), and watches that
       // come back within a second of etcd returning rather than the library's 30 s backoff.
-      faultHandling: { host: () => noop, global: noop, watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }).next(undefined) },
+      faultHandling: {
+        host: () => noop,
+        global: noop,
+        watchBackoff: new ExponentialBackoff({ initialDelay: 100, maxDelay: 1000 }).next(),
+      },
     });
   }
 
