@@ -213,28 +213,29 @@ export class Elector {
     const { backend, candidate, election, log, timing } = this.options;
     const attempt: Attempt = { view: NO_VIEW };
     const sentAt = now();
+    const opening = backend.open({
+      election,
+      candidate,
+      ttlSeconds: timing.ttlMs / 1000,
+      requestTimeoutMs: this.requestTimeoutMs,
+      log: log.child({ backend: backend.kind }),
+      measure: (operation, request) => this.request(operation, request),
+      events: {
+        view: (view) => {
+          attempt.view = view;
+          if (this.attempt === attempt) this.reconcile('observed');
+        },
+        lost: (reason) => {
+          if (this.attempt === attempt) this.dropSession(`session lost: ${reason.message}`);
+        },
+      },
+    });
     let session: Session;
     try {
-      session = await this.request('open', () =>
-        backend.open({
-          election,
-          candidate,
-          ttlSeconds: timing.ttlMs / 1000,
-          requestTimeoutMs: this.requestTimeoutMs,
-          log: log.child({ backend: backend.kind }),
-          measure: (operation, request) => this.request(operation, request),
-          events: {
-            view: (view) => {
-              attempt.view = view;
-              if (this.attempt === attempt) this.reconcile('observed');
-            },
-            lost: (reason) => {
-              if (this.attempt === attempt) this.dropSession(`session lost: ${reason.message}`);
-            },
-          },
-        }),
-      );
+      session = await this.request('open', () => opening);
     } catch (error) {
+      // A session that opens after we stopped waiting would live on unseen: close it.
+      void opening.then((late) => late.close(), () => undefined).catch(() => undefined);
       if (error instanceof BackendConfigError) {
         this.options.fatal(error);
         return this.retryDelayMs;

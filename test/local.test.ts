@@ -1,8 +1,9 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { conformance, newElection, settled } from './conformance.js';
+import { fileURLToPath } from 'node:url';
+import { conformance, newElection, scratchFile, settled } from './conformance.js';
 import { Sidecar } from './harness/sidecar.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'leaderd-local-'));
@@ -23,6 +24,22 @@ describe('local: backend specifics', () => {
     await primary.exited;
     await replicas[0]!.waitForRole('primary', ttlSeconds * 1000 + 3000);
     expect(performance.now() - killedAt).toBeLessThan((ttlSeconds * 1000) / 2);
+  });
+
+  it('a promote hook that overruns --hook-timeout is killed (SIGTERM, then SIGKILL) and counts as failed', async () => {
+    const pidFile = scratchFile('hang-pid');
+    const hang = fileURLToPath(new URL('./fixtures/hang-hook.mjs', import.meta.url));
+    const node = await Sidecar.start('local-hang', [
+      ...args(newElection()),
+      '--on-promote', `${process.execPath} ${hang} ${pidFile}`,
+      '--hook-timeout', '0.5',
+    ]);
+    const failed = await node.waitForLog((l) => l.msg === 'hook failed' && l.hook === 'promote', 10000, 'failed promote');
+    expect(failed.err).toBe('timed out after 0.5 s');
+    expect(node.logs.some((l) => l.msg === 'hook output' && l.line === 'ignoring SIGTERM')).toBe(true);
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
+    await node.waitForLog((l) => l.msg === 'resigned: out of the race', 5000, 'resignation');
   });
 
   it('elections in the same directory are independent', async () => {
