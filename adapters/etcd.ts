@@ -57,7 +57,8 @@ export class EtcdBackend implements Backend {
 
 class EtcdSession implements Session {
   private leaseId = '';
-  private campaigning = false;
+  /** The revision at which our candidacy key was known to exist; null while not campaigning. */
+  private candidacySince: bigint | null = null;
   private closed = false;
   private watchers: Watcher[] = [];
   private syncing: Promise<void> | null = null;
@@ -82,7 +83,7 @@ class EtcdSession implements Session {
     const grant = await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.deadline());
     this.leaseId = grant.ID;
     if (Number(grant.TTL) !== ttlSeconds) {
-      void this.revoke();
+      void this.revoke().catch(() => undefined);
       throw new BackendConfigError(
         `ttl: etcd granted a ${grant.TTL} s lease for the ${ttlSeconds} s asked (its minimum lease TTL is higher); raise --ttl`,
       );
@@ -105,26 +106,26 @@ class EtcdSession implements Session {
   }
 
   async campaign(): Promise<void> {
-    this.campaigning = true;
     const value = JSON.stringify({ id: this.context.candidate.id, address: this.context.candidate.address });
     // Create only if absent: a retried campaign must not move the key's create revision.
-    await this.client
+    const answer = await this.client
       .if(this.ownKey, 'Create', '==', 0)
       .then(this.client.put(this.ownKey).value(value).lease(this.leaseId))
       .options(this.deadline())
       .commit();
+    this.candidacySince = BigInt(answer.header.revision);
     await this.syncNow();
   }
 
   async withdraw(): Promise<void> {
-    this.campaigning = false;
+    this.candidacySince = null;
     await this.client.delete().key(this.ownKey).options(this.deadline()).exec();
     await this.syncNow();
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    this.campaigning = false;
+    this.candidacySince = null;
     this.unwatch();
     await this.revoke();
   }
@@ -164,7 +165,9 @@ class EtcdSession implements Session {
         if (this.closed) return;
         const candidates = answer.kvs;
         const own = candidates.findIndex((kv) => kv.key.toString() === this.ownKey);
-        if (this.campaigning && own < 0) {
+        // Missing from a read taken after our key was written: deleted behind our back.
+        const since = this.candidacySince;
+        if (since !== null && BigInt(answer.header.revision) >= since && own < 0) {
           events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
           return;
         }

@@ -3,18 +3,20 @@
  * operations only (rename, unlink, O_EXCL create, rmdir), never from reading then writing.
  *
  * Layout under DIR/ELECTION/:
- *   lock/beat.<session>.<n>   exists while someone leads; its content names the leader and its
+ *   lock/beat.<session>.<token>.<n>
+ *                             exists while someone leads; its content names the leader and its
  *                             fencing token. The lock directory is created by renaming a staged
  *                             directory into place, which fails when a non-empty one is there.
  *   tokens/<t>                the fencing counter: each attempt to lead creates the next number
  *                             with O_EXCL. The largest is never deleted.
  *   staging/                  where a lock directory is prepared before it is renamed into place.
  *
- * The heartbeat is the *name* of the beat file. The leader renews by renaming beat.S.n to
- * beat.S.n+1; a peer that has watched the same name for a whole ttl on its own monotonic clock
+ * The heartbeat is the *name* of the beat file. The leader renews by renaming beat.S.T.n to
+ * beat.S.T.n+1; a peer that has watched the same name for a whole ttl on its own monotonic clock
  * expires it by unlinking exactly that name. Both operations name the state they saw, so they are
  * a compare-and-swap: exactly one of them succeeds. A renewal therefore cannot resurrect a lock a
- * peer has expired, and a peer cannot expire a lock renewed less than a ttl ago.
+ * peer has expired, and a peer cannot expire a lock renewed less than a ttl ago. The token T
+ * makes every name unique to one term, so a name seen long ago never matches a later term.
  *
  * A leader whose process is gone (same boot, same PID namespace, no such PID) is expired at once,
  * which makes a crash failover nearly immediate; a frozen (SIGSTOPped) leader still has a live
@@ -40,7 +42,12 @@ export class LocalBackend implements Backend {
 
   async open(context: SessionContext): Promise<Session> {
     const session = new LocalSession(join(this.options.dir, context.election), context);
-    await session.start();
+    try {
+      await session.start();
+    } catch (error) {
+      await session.close().catch(() => undefined);
+      throw error;
+    }
     return session;
   }
 
@@ -107,9 +114,10 @@ class LocalSession implements Session {
         await access(this.dir);
         return;
       }
-      const next = this.holding.beat + 1;
+      const { record, beat } = this.holding;
+      const next = beat + 1;
       try {
-        await rename(this.beatPath(this.holding.beat), this.beatPath(next));
+        await rename(this.beatPath(record.fencingToken, beat), this.beatPath(record.fencingToken, next));
       } catch (error) {
         if (code(error) !== 'ENOENT') throw error;
         this.holding = null;
@@ -163,9 +171,8 @@ class LocalSession implements Session {
     const beat = await this.currentBeat();
     if (beat === 'busy') return this.scheduleObserve();
     if (beat) {
-      const [, session, n] = beat.name.split('.');
-      if (session === this.sessionId) {
-        if (this.holding && Number(n) === this.holding.beat) events.view({ leader: leaderOf(this.holding.record), isSelf: true });
+      if (this.holding && beat.name === this.beatName(this.holding.record.fencingToken, this.holding.beat)) {
+        events.view({ leader: leaderOf(this.holding.record), isSelf: true });
         return;
       }
       if (this.holding) {
@@ -173,7 +180,7 @@ class LocalSession implements Session {
         events.lost(new SessionLostError('another candidate holds our lock'));
         return;
       }
-      events.view({ leader: leaderOf(beat.record), isSelf: false });
+      events.view({ leader: beat.record ? leaderOf(beat.record) : null, isSelf: false });
       if (!this.expired(beat.name, beat.record)) return;
       await this.expire(beat.name);
       return this.scheduleObserve();
@@ -188,8 +195,11 @@ class LocalSession implements Session {
     if (this.campaigning) await this.acquire();
   }
 
-  /** The beat file in the lock directory; null when nobody leads; 'busy' mid-change. */
-  private async currentBeat(): Promise<{ name: string; record: BeatRecord } | null | 'busy'> {
+  /**
+   * The beat file in the lock directory (its record null when unreadable: it still expires after
+   * the ttl); null when nobody leads; 'busy' mid-change.
+   */
+  private async currentBeat(): Promise<{ name: string; record: BeatRecord | null } | null | 'busy'> {
     let names: string[];
     try {
       names = (await readdir(this.lockDir)).filter((name) => name.startsWith('beat.'));
@@ -203,19 +213,26 @@ class LocalSession implements Session {
       await rmdir(this.lockDir).catch(() => undefined);
       return null;
     }
+    let text: string;
     try {
-      return { name, record: JSON.parse(await readFile(join(this.lockDir, name), 'utf8')) as BeatRecord };
+      text = await readFile(join(this.lockDir, name), 'utf8');
     } catch (error) {
       if (code(error) === 'ENOENT') return 'busy';
       throw error;
     }
+    try {
+      return { name, record: JSON.parse(text) as BeatRecord };
+    } catch {
+      this.context.log.warn({ beat: name }, 'the lock holds an unreadable record; it expires after the ttl');
+      return { name, record: null };
+    }
   }
 
-  private expired(name: string, record: BeatRecord): boolean {
+  private expired(name: string, record: BeatRecord | null): boolean {
     const now = monotonicMs();
     if (this.seen?.name !== name) this.seen = { name, since: now };
     if (now - this.seen.since >= this.ttlMs) return true;
-    return record.processScope !== null && record.processScope === PROCESS_SCOPE && !processExists(record.pid);
+    return record !== null && record.processScope !== null && record.processScope === PROCESS_SCOPE && !processExists(record.pid);
   }
 
   private async expire(name: string): Promise<void> {
@@ -240,7 +257,7 @@ class LocalSession implements Session {
     };
     const staged = join(this.stagingDir, `${this.sessionId}.${fencingToken}`);
     await mkdir(staged);
-    await writeFile(join(staged, this.beatName(0)), JSON.stringify(record));
+    await writeFile(join(staged, this.beatName(fencingToken, 0)), JSON.stringify(record));
     try {
       await rename(staged, this.lockDir);
     } catch (error) {
@@ -260,7 +277,7 @@ class LocalSession implements Session {
 
   private async release(): Promise<void> {
     if (!this.holding) return;
-    const beat = this.beatPath(this.holding.beat);
+    const beat = this.beatPath(this.holding.record.fencingToken, this.holding.beat);
     this.holding = null;
     await unlink(beat).catch(() => undefined);
     await rmdir(this.lockDir).catch(() => undefined);
@@ -293,12 +310,12 @@ class LocalSession implements Session {
     }
   }
 
-  private beatName(n: number): string {
-    return `beat.${this.sessionId}.${n}`;
+  private beatName(fencingToken: number, n: number): string {
+    return `beat.${this.sessionId}.${fencingToken}.${n}`;
   }
 
-  private beatPath(n: number): string {
-    return join(this.lockDir, this.beatName(n));
+  private beatPath(fencingToken: number, n: number): string {
+    return join(this.lockDir, this.beatName(fencingToken, n));
   }
 }
 

@@ -18,7 +18,7 @@
 import type { Backend, Candidate, Leader, Session, View } from './backend.js';
 import { NO_VIEW, SessionLostError, BackendConfigError } from './backend.js';
 import { monotonicMs, withTimeout } from './clock.js';
-import { LeaseDeadline, now } from './lease.js';
+import { LeaseDeadline, now, type Instant } from './lease.js';
 import type { Logger } from './log.js';
 
 export type Role = 'primary' | 'replica' | 'unknown';
@@ -80,6 +80,9 @@ export interface ElectorOptions {
 
 type Phase = 'running' | 'stopping' | 'stopped';
 
+/** How often the lease deadline is checked when nothing else happens. */
+const CLOCK_CHECK_MS = 250;
+
 interface Attempt {
   view: View;
 }
@@ -101,8 +104,9 @@ export class Elector {
   private lastAnnouncedLeader: Leader | null = null;
   private published: Published = { role: 'unknown', leader: null, connected: false, since: new Date() };
   private readonly listeners: ElectorListener[] = [];
+  private resignations = 0;
   private loopTimer: NodeJS.Timeout | undefined;
-  private deadlineTimer: NodeJS.Timeout | undefined;
+  private clockCheck: NodeJS.Timeout | undefined;
   private holdOffTimer: NodeJS.Timeout | undefined;
   private loopWake: (() => void) | null = null;
   private loopDone: Promise<void> = Promise.resolve();
@@ -120,6 +124,10 @@ export class Elector {
 
   start(): void {
     this.loopDone = this.loop();
+    // Makes a silent expiry visible (log, hooks, metrics) even when no one asks; correctness does
+    // not depend on it, since every answer re-checks the clock. A short period rather than a timer
+    // at the deadline: timers run on the monotonic clock, which stands still through a suspend.
+    this.clockCheck = setInterval(() => this.reconcile('clock check'), CLOCK_CHECK_MS);
   }
 
   /** The current state, checked against the clock now. */
@@ -148,14 +156,24 @@ export class Elector {
    */
   async resign(holdOffMs: number, reason: string): Promise<void> {
     if (this.phase !== 'running') return;
+    const resignation = ++this.resignations;
     this.campaigning = false;
-    this.reconcile(reason);
     clearTimeout(this.holdOffTimer);
-    this.holdOffTimer = setTimeout(() => this.rejoin(), holdOffMs);
+    this.reconcile(reason);
     this.options.log.info({ holdOffSeconds: holdOffMs / 1000, reason }, 'resigned: out of the race');
     await this.options.settle();
     const session = this.session;
-    if (session) await this.request('withdraw', () => session.withdraw()).catch(() => undefined);
+    if (session) {
+      await this.request('withdraw', () => session.withdraw()).catch((error: unknown) => {
+        // A candidacy we could not withdraw would go on leading on our renewals: end the session.
+        if (this.session === session) this.dropSession(`withdraw failed: ${errorMessage(error)}`);
+      });
+    }
+    // The hold-off starts once leadership is released: rejoining before the withdrawal has landed
+    // would find the old candidacy still in place and lead again on it.
+    if (resignation === this.resignations && this.phase === 'running') {
+      this.holdOffTimer = setTimeout(() => this.rejoin(), holdOffMs);
+    }
   }
 
   /** Demotes if primary, releases leadership, ends the session. */
@@ -164,6 +182,7 @@ export class Elector {
     this.phase = 'stopping';
     this.campaigning = false;
     clearTimeout(this.holdOffTimer);
+    clearInterval(this.clockCheck);
     this.reconcile('shutdown');
     this.wakeLoop();
     await this.loopDone;
@@ -181,8 +200,14 @@ export class Elector {
   private rejoin(): void {
     if (this.phase !== 'running') return;
     this.campaigning = true;
-    const session = this.session;
-    if (session) void this.request('campaign', () => session.campaign()).catch(() => undefined);
+    if (this.session) void this.campaign(this.session);
+  }
+
+  /** Joins the race; a session that cannot campaign is dropped, and the next one campaigns. */
+  private campaign(session: Session): Promise<void> {
+    return this.request('campaign', () => session.campaign()).catch((error: unknown) => {
+      if (this.session === session) this.dropSession(`campaign failed: ${errorMessage(error)}`);
+    });
   }
 
   // The election loop: one step at a time, either opening a session or renewing it.
@@ -251,15 +276,10 @@ export class Elector {
     this.session = session;
     this.attempt = attempt;
     this.lease = new LeaseDeadline(timing.renewDeadlineMs, sentAt);
-    this.armDeadlineTimer();
     log.info('session opened');
-    if (this.campaigning) {
-      await this.request('campaign', () => session.campaign()).catch((error: unknown) => {
-        if (this.session === session) this.dropSession(`campaign failed: ${errorMessage(error)}`);
-      });
-    }
+    if (this.campaigning) await this.campaign(session);
     this.reconcile('session opened');
-    return this.session ? timing.renewIntervalMs : this.retryDelayMs;
+    return this.session ? this.untilNextRenewal(sentAt) : this.retryDelayMs;
   }
 
   /** Renews the session; returns how long to wait before the next step. */
@@ -285,9 +305,13 @@ export class Elector {
     if (this.session !== session || !this.lease) return 0;
     this.lease.renewed(sentAt);
     this.emit((l) => l.renewal?.(true));
-    this.armDeadlineTimer();
     this.reconcile('renewed');
-    return this.options.timing.renewIntervalMs - (now().monotonic - sentAt.monotonic);
+    return this.untilNextRenewal(sentAt);
+  }
+
+  /** The next renewal is due one renew interval after the last lease-extending request was sent. */
+  private untilNextRenewal(sentAt: Instant): number {
+    return Math.max(0, this.options.timing.renewIntervalMs - (now().monotonic - sentAt.monotonic));
   }
 
   private get requestTimeoutMs(): number {
@@ -308,14 +332,6 @@ export class Elector {
     }
   }
 
-  // A timer at the deadline makes a silent expiry visible (log, hooks, metrics) even when no
-  // one asks; correctness does not depend on it, since every answer re-checks the clock.
-  private armDeadlineTimer(): void {
-    clearTimeout(this.deadlineTimer);
-    const remaining = this.lease?.remainingMs();
-    if (remaining) this.deadlineTimer = setTimeout(() => this.reconcile('lease deadline passed'), remaining + 1);
-  }
-
   /** Ends the current session (its term, if any, with it); the loop opens a new one. */
   private dropSession(reason: string): void {
     const session = this.session;
@@ -323,10 +339,14 @@ export class Elector {
     this.session = null;
     this.attempt = null;
     this.lease = null;
-    clearTimeout(this.deadlineTimer);
     this.options.log.warn({ reason }, 'session ended');
     this.reconcile(reason);
-    void this.request('close', () => session.close()).catch(() => undefined);
+    // Release only once the application has acted on the demote, as on a clean stop. Nobody
+    // renews the lease any more, so it expires meanwhile if releasing takes long.
+    void this.options
+      .settle()
+      .then(() => this.request('close', () => session.close()))
+      .catch(() => undefined);
     this.wakeLoop();
   }
 

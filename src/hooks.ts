@@ -45,6 +45,8 @@ export interface HookOptions {
 
 /** Grace between SIGTERM and SIGKILL for an exec hook that overran or was cut short. */
 const KILL_GRACE_MS = 5000;
+/** How long output is still read after a hook exited, from pipes something else holds open. */
+const OUTPUT_DRAIN_MS = 200;
 
 export class HookRunner {
   private readonly queue: Transition[] = [];
@@ -150,12 +152,24 @@ export class HookRunner {
       const onCancel = () => stop('cancelled');
       cancel.addEventListener('abort', onCancel, { once: true });
       child.once('error', (error) => finish(`cannot run ${command}: ${error.message}`));
-      child.once('close', (code, signal) => {
-        if (stopReason) finish(stopReason);
-        else if (code === 0) finish(null);
-        else finish(signal ? `killed by ${signal}` : `exited with status ${code}`);
+      // The hook is done when its process exits. Its output pipes may stay open for longer, held by
+      // something it started in the background: read what is left for a moment, then let go.
+      child.once('exit', (code, signal) => {
+        const outcome = stopReason ?? (code === 0 ? null : signal ? `killed by ${signal}` : `exited with status ${code}`);
+        const drained = setTimeout(() => {
+          child.stdout?.destroy();
+          child.stderr?.destroy();
+          finish(outcome);
+        }, OUTPUT_DRAIN_MS);
+        child.once('close', () => {
+          clearTimeout(drained);
+          finish(outcome);
+        });
       });
+      let finished = false;
       function finish(failure: string | null): void {
+        if (finished) return;
+        finished = true;
         clearTimeout(timeout);
         clearTimeout(killTimer);
         cancel.removeEventListener('abort', onCancel);

@@ -170,6 +170,37 @@ export function conformance(fixture: BackendFixture): void {
       await expect(primary.waitForRole('primary', ttlMs + 2000)).rejects.toThrow(/no role primary/);
     });
 
+    it('POST /resign with no hold-off ends the term: whoever leads next has a larger token', async () => {
+      const tokenFile = scratchFile('admin-token');
+      writeFileSync(tokenFile, 's3cret-admin-token\n');
+      const files = [scratchFile('resign-1'), scratchFile('resign-2')];
+      const group = await startGroup(2, (i) => ['--admin-token-file', tokenFile, ...hookArgs(files[i]!)]);
+      const before = await settled(group, electTimeout);
+      await before.primary.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'promote', 10000, 'promote hook');
+      const response = await before.primary.fetch('/resign', {
+        method: 'POST',
+        headers: { authorization: 'Bearer s3cret-admin-token', 'content-type': 'application/json' },
+        body: '{"holdOffSeconds": 0}',
+      });
+      expect(response.status).toBe(200);
+      const after = await settled(group, electTimeout);
+      expect(after.state.fencingToken!).toBeGreaterThan(before.state.fencingToken!);
+      await after.primary.waitForLog(
+        (l) => l.msg === 'hook succeeded' && l.hook === 'promote' && l.fencingToken === after.state.fencingToken,
+        10000,
+        'promote of the new term',
+      );
+      const events = (s: Sidecar) =>
+        readHookRecords(files[group.indexOf(s)]!).filter((r) => r.LEADERD_EVENT !== 'leader-change').map((r) => `${r.LEADERD_EVENT}:${r.LEADERD_FENCING_TOKEN}`);
+      const [t1, t2] = [before.state.fencingToken, after.state.fencingToken];
+      if (after.primary === before.primary) {
+        expect(events(before.primary)).toEqual([`promote:${t1}`, `demote:${t1}`, `promote:${t2}`]);
+      } else {
+        expect(events(before.primary)).toEqual([`promote:${t1}`, `demote:${t1}`]);
+        expect(events(after.primary)).toEqual([`promote:${t2}`]);
+      }
+    });
+
     it('POST /resign answers 403 when no admin token is configured', async () => {
       const [node] = await startGroup(1);
       const response = await node!.fetch('/resign', { method: 'POST' });

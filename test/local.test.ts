@@ -42,6 +42,18 @@ describe('local: backend specifics', () => {
     await node.waitForLog((l) => l.msg === 'resigned: out of the race', 5000, 'resignation');
   });
 
+  it('a promote hook that leaves a background process holding its output still completes at once', async () => {
+    const node = await Sidecar.start('local-daemon', [
+      ...args(newElection()),
+      '--on-promote', `/bin/sh -c "sleep 5 & echo started"`,
+      '--hook-timeout', '20',
+    ]);
+    const done = await node.waitForLog((l) => l.hook === 'promote' && (l.msg === 'hook succeeded' || l.msg === 'hook failed'), 10000, 'promote hook result');
+    expect(done.msg).toBe('hook succeeded');
+    expect(done.seconds as number).toBeLessThan(2);
+    expect(node.logs.some((l) => l.msg === 'hook output' && l.line === 'started')).toBe(true);
+  });
+
   it('elections in the same directory are independent', async () => {
     const [one, two] = [newElection(), newElection()];
     const a = await Sidecar.start('local-one', args(one));
