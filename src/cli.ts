@@ -38,8 +38,8 @@ async function run(config: Config): Promise<void> {
   process.on('unhandledRejection', (error) => crash(log, error));
 
   const timing = {
-    ttlMs: config.ttlSeconds * 1000,
-    renewIntervalMs: (config.ttlSeconds * 1000) / 3,
+    ttlMs: config.leaseSeconds * 1000,
+    renewIntervalMs: (config.leaseSeconds * 1000) / 3,
     renewDeadlineMs: config.renewDeadlineSeconds * 1000,
   };
   const backend = createBackend(config);
@@ -114,6 +114,7 @@ async function run(config: Config): Promise<void> {
       http: typeof address === 'object' && address ? `${address.address}:${address.port}` : String(address),
       backend: backend.kind,
       ttlSeconds: config.ttlSeconds,
+      leaseSeconds: config.leaseSeconds,
       renewDeadlineSeconds: config.renewDeadlineSeconds,
       // Which events have hooks, not the commands: their arguments may carry credentials.
       hooks: [...Object.keys(config.hooks.exec), ...(config.hooks.url ? ['url'] : [])],

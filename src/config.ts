@@ -23,15 +23,26 @@ interface OptionSpec {
 
 export const OPTIONS = {
   config: { value: 'FILE', help: 'YAML file with any of these settings, keyed by flag name' },
-  backend: { value: 'KIND', help: 'coordination service: local or etcd', default: 'local' },
+  backend: { value: 'KIND', help: 'coordination service: local, etcd, zookeeper or consul', default: 'local' },
   election: { value: 'NAME', help: 'election name; candidates of the same election compete', default: 'default' },
   id: { value: 'ID', help: "this candidate's unique name", default: '(hostname)' },
   address: { value: 'ADDR', help: 'what replicas connect to when this node is primary', default: '(the id)' },
   ttl: { value: 'SECONDS', help: 'lease time to live: how long a dead primary can block a new one', default: '10' },
-  'renew-deadline': { value: 'SECONDS', help: 'a primary that could not renew for this long steps down (< ttl)', default: '2/3 ttl' },
+  'renew-deadline': { value: 'SECONDS', help: 'a primary that could not renew for this long steps down (< the lease)', default: '2/3 of the lease' },
   http: { value: 'HOST:PORT', help: 'where the HTTP API listens (port 0: any free port)', default: '127.0.0.1:7070' },
   'etcd-endpoints': { value: 'URLS', help: 'comma-separated etcd client URLs', default: 'http://127.0.0.1:2379' },
   'etcd-prefix': { value: 'PREFIX', help: 'key prefix; keys live under PREFIX/ELECTION/', default: '/leaderd' },
+  'zk-connect': { value: 'HOSTS', help: 'ZooKeeper host:port[,host:port...][/chroot]', default: '127.0.0.1:2181' },
+  'zk-prefix': { value: 'PATH', help: 'znode path; candidates live under PATH/ELECTION/', default: '/leaderd' },
+  'zk-auth': { value: 'USER:PASSWORD', help: 'ZooKeeper digest credentials (prefer --zk-auth-file)' },
+  'zk-auth-file': { value: 'FILE', help: 'file holding the ZooKeeper digest credentials USER:PASSWORD' },
+  'consul-addr': { value: 'URL', help: "the Consul agent's HTTP API", default: 'http://127.0.0.1:8500' },
+  'consul-token': { value: 'TOKEN', help: 'Consul ACL token (prefer --consul-token-file)' },
+  'consul-token-file': { value: 'FILE', help: 'file holding the Consul ACL token' },
+  'consul-key-prefix': { value: 'PREFIX', help: 'KV prefix; the lock is PREFIX/ELECTION/leader', default: 'leaderd' },
+  'consul-check-ttl': { value: 'SECONDS', help: "TTL of the candidate's health check: the lease on Consul (< ttl)", default: '3' },
+  'consul-lock-delay': { value: 'SECONDS', help: 'Consul lock-delay after a session is invalidated (0-60)', default: '0' },
+  'consul-datacenter': { value: 'DC', help: 'Consul datacenter', default: "(the agent's)" },
   'local-dir': { value: 'DIR', help: 'directory shared by the candidates of the local backend', default: `${join(tmpdir(), 'leaderd')}` },
   'on-promote': { value: 'CMD', help: 'command run (no shell) when this node becomes primary' },
   'on-demote': { value: 'CMD', help: 'command run when this node stops being primary' },
@@ -57,10 +68,25 @@ export interface Config {
   readonly election: string;
   readonly id: string;
   readonly address: string;
+  /** The backend's own ttl (etcd lease, ZooKeeper session, Consul session). */
   readonly ttlSeconds: number;
+  /**
+   * The lease the local deadline is timed from: the ttl, except on Consul, where the candidate's
+   * health check (shorter) can end the session first.
+   */
+  readonly leaseSeconds: number;
   readonly renewDeadlineSeconds: number;
   readonly http: { readonly host: string; readonly port: number };
   readonly etcd: { readonly endpoints: readonly string[]; readonly prefix: string };
+  readonly zookeeper: { readonly connect: string; readonly prefix: string; readonly auth: string | null };
+  readonly consul: {
+    readonly address: string;
+    readonly token: string | null;
+    readonly keyPrefix: string;
+    readonly checkTtlSeconds: number;
+    readonly lockDelaySeconds: number;
+    readonly datacenter: string | null;
+  };
   readonly local: { readonly dir: string };
   readonly hooks: {
     readonly exec: Partial<Record<TransitionEvent, readonly string[]>>;
@@ -233,6 +259,19 @@ const schema = z.object({
     .default(['http://127.0.0.1:2379'])
     .pipe(z.array(url(['http:', 'https:'])).min(1, 'must name at least one endpoint')),
   'etcd-prefix': text.default('/leaderd').pipe(z.string().regex(/^\/[^\x00-\x1f]*[^/]$/, 'must start with "/" and not end with "/"')),
+  'zk-connect': text
+    .default('127.0.0.1:2181')
+    .pipe(z.string().regex(/^[^\s,/]+:\d+(,[^\s,/]+:\d+)*(\/[^\s]*)?$/, 'must be host:port[,host:port...][/chroot]')),
+  'zk-prefix': text.default('/leaderd').pipe(z.string().regex(/^\/[^\x00-\x1f]*[^/]$/, 'must start with "/" and not end with "/"')),
+  'zk-auth': text.pipe(z.string().regex(/^[^:]+:.+$/, 'must be USER:PASSWORD')).optional(),
+  'zk-auth-file': text.optional(),
+  'consul-addr': text.default('http://127.0.0.1:8500').pipe(url(['http:', 'https:'])),
+  'consul-token': text.optional(),
+  'consul-token-file': text.optional(),
+  'consul-key-prefix': text.default('leaderd').pipe(z.string().regex(/^[^\x00-\x1f]*[^/]$/, 'must not end with "/"')),
+  'consul-check-ttl': seconds(1).default(3),
+  'consul-lock-delay': seconds(0).default(0).refine((n) => n <= 60, 'must be at most 60'),
+  'consul-datacenter': text.optional(),
   'local-dir': text.default(join(tmpdir(), 'leaderd')).pipe(z.string().min(1)),
   'on-promote': command.optional(),
   'on-demote': command.optional(),
@@ -259,13 +298,21 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   if (c.ttl < requirements.minimumTtlSeconds) {
     throw new ConfigError(`ttl: ${c.ttl} s is below the ${c.backend} backend's minimum of ${requirements.minimumTtlSeconds} s`);
   }
-  const renewDeadline = c['renew-deadline'] ?? (c.ttl * 2) / 3;
-  if (renewDeadline >= c.ttl) throw new ConfigError(`renew-deadline: must be below ttl (${renewDeadline} s >= ${c.ttl} s)`);
-  if (renewDeadline <= c.ttl / 3) {
-    throw new ConfigError(`renew-deadline: must be above the renew interval ttl/3 (${renewDeadline} s <= ${round(c.ttl / 3)} s)`);
+  const onConsul = c.backend === 'consul';
+  if (onConsul && c['consul-check-ttl'] >= c.ttl) {
+    throw new ConfigError(`consul-check-ttl: must be below ttl (${c['consul-check-ttl']} s >= ${c.ttl} s)`);
   }
-  if (c['admin-token'] !== undefined && c['admin-token-file'] !== undefined) {
-    throw new ConfigError('admin-token: give either admin-token or admin-token-file, not both');
+  const lease = onConsul ? c['consul-check-ttl'] : c.ttl;
+  const leaseName = onConsul ? 'consul-check-ttl' : 'ttl';
+  const renewDeadline = c['renew-deadline'] ?? (lease * 2) / 3;
+  if (renewDeadline >= lease) throw new ConfigError(`renew-deadline: must be below ${leaseName} (${renewDeadline} s >= ${lease} s)`);
+  if (renewDeadline <= lease / 3) {
+    throw new ConfigError(`renew-deadline: must be above the renew interval ${leaseName}/3 (${renewDeadline} s <= ${round(lease / 3)} s)`);
+  }
+  for (const secret of ['admin-token', 'zk-auth', 'consul-token'] as const) {
+    if (c[secret] !== undefined && c[`${secret}-file`] !== undefined) {
+      throw new ConfigError(`${secret}: give either ${secret} or ${secret}-file, not both`);
+    }
   }
 
   const exec: Partial<Record<TransitionEvent, readonly string[]>> = {};
@@ -279,9 +326,23 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
     id: c.id,
     address: c.address ?? c.id,
     ttlSeconds: c.ttl,
+    leaseSeconds: lease,
     renewDeadlineSeconds: renewDeadline,
     http: c.http,
     etcd: { endpoints: c['etcd-endpoints'], prefix: c['etcd-prefix'] },
+    zookeeper: {
+      connect: c['zk-connect'],
+      prefix: c['zk-prefix'],
+      auth: c['zk-auth-file'] !== undefined ? readSecret('zk-auth-file', c['zk-auth-file'], /^[^:\s]+:\S+$/, 'USER:PASSWORD') : (c['zk-auth'] ?? null),
+    },
+    consul: {
+      address: c['consul-addr'],
+      token: c['consul-token-file'] !== undefined ? readSecret('consul-token-file', c['consul-token-file'], /^\S+$/, 'a token') : (c['consul-token'] ?? null),
+      keyPrefix: c['consul-key-prefix'],
+      checkTtlSeconds: c['consul-check-ttl'],
+      lockDelaySeconds: c['consul-lock-delay'],
+      datacenter: c['consul-datacenter'] ?? null,
+    },
     local: { dir: c['local-dir'] },
     hooks: {
       exec,
@@ -289,20 +350,24 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
       timeoutSeconds: c['hook-timeout'],
       promoteFailure: c['promote-failure'],
     },
-    adminToken: c['admin-token-file'] !== undefined ? readToken(c['admin-token-file']) : (c['admin-token'] ?? null),
+    adminToken:
+      c['admin-token-file'] !== undefined
+        ? readSecret('admin-token-file', c['admin-token-file'], /^\S{8,}$/, 'a token of at least 8 characters')
+        : (c['admin-token'] ?? null),
     logLevel: c['log-level'],
   };
 }
 
-function readToken(path: string): string {
-  let token: string;
+/** A secret kept in a file (trimmed); the message names the setting, never the content. */
+function readSecret(setting: string, path: string, shape: RegExp, expected: string): string {
+  let secret: string;
   try {
-    token = readFileSync(path, 'utf8').trim();
+    secret = readFileSync(path, 'utf8').trim();
   } catch (error) {
-    throw new ConfigError(`admin-token-file: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? error}`);
+    throw new ConfigError(`${setting}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? error}`);
   }
-  if (token.length < 8) throw new ConfigError(`admin-token-file: the token in ${path} is shorter than 8 characters`);
-  return token;
+  if (!shape.test(secret)) throw new ConfigError(`${setting}: ${path} must hold ${expected}`);
+  return secret;
 }
 
 function round(n: number): number {

@@ -60,7 +60,7 @@ describe('configuration', () => {
     ['a ttl that is not a number', ['--ttl', 'abc'], {}, /^ttl: must be a number of seconds$/],
     ['a renew deadline not below the ttl', ['--ttl', '3', '--renew-deadline', '3'], {}, /^renew-deadline: must be below ttl/],
     ['a renew deadline not above the renew interval', ['--ttl', '9', '--renew-deadline', '2'], {}, /^renew-deadline: must be above the renew interval/],
-    ['an unknown backend', ['--backend', 'zk'], {}, /^backend: must be one of local, etcd, got "zk"$/],
+    ['an unknown backend', ['--backend', 'zk'], {}, /^backend: must be one of local, etcd, zookeeper, got "zk"$/],
     ['a ttl below the backend minimum', ['--backend', 'etcd', '--ttl', '1'], {}, /^ttl: 1 s is below the etcd backend's minimum of 2 s$/],
     ['an unknown flag', ['--bogus', 'x'], {}, /^unknown flag --bogus/],
     ['a flag without its value', ['--ttl'], {}, /^flag --ttl needs a value$/],

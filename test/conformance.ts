@@ -15,9 +15,20 @@ import { Sidecar, type RoleBody } from './harness/sidecar.js';
 
 export interface BackendFixture {
   readonly name: string;
-  readonly ttlSeconds: number;
+  /** The lease the deadline is timed from (the ttl; on Consul the check TTL): failover bounds. */
+  readonly leaseSeconds: number;
   /** Flags that put a sidecar into `election` on this backend (with --ttl). */
   args(election: string): string[];
+  /** A server of the sidecars' own, for tests that stop it (none for the local backend). */
+  dedicatedServer?(): Promise<DedicatedServer>;
+}
+
+export interface DedicatedServer {
+  args(election: string): string[];
+  /** Stops the server, keeping its data. */
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  stop(): Promise<void>;
 }
 
 const RECORD_HOOK = fileURLToPath(new URL('./fixtures/record-hook.mjs', import.meta.url));
@@ -76,7 +87,7 @@ export async function settled(group: Sidecar[], timeoutMs: number): Promise<Sett
 }
 
 export function conformance(fixture: BackendFixture): void {
-  const ttlMs = fixture.ttlSeconds * 1000;
+  const ttlMs = fixture.leaseSeconds * 1000;
   const electTimeout = ttlMs * 3 + 5000;
 
   async function startGroup(size: number, extra: (i: number) => string[] = () => []): Promise<Sidecar[]> {
@@ -337,7 +348,7 @@ export function conformance(fixture: BackendFixture): void {
       expect(sample(onPrimary, 'leaderd_backend_connected', {})).toBe(1);
       const remaining = sample(onPrimary, 'leaderd_lease_remaining_seconds', {});
       expect(remaining).toBeGreaterThan(0);
-      expect(remaining).toBeLessThanOrEqual(fixture.ttlSeconds);
+      expect(remaining).toBeLessThanOrEqual(fixture.leaseSeconds);
       expect(sample(onPrimary, 'leaderd_info', { election, id: primary.id, backend: fixture.name })).toBe(1);
       const families = new Set(onPrimary.map((f) => f.name));
       for (const name of [
@@ -350,6 +361,37 @@ export function conformance(fixture: BackendFixture): void {
         expect(families).toContain(name);
       }
     });
+
+    if (fixture.dedicatedServer) {
+      const dedicated = fixture.dedicatedServer.bind(fixture);
+      it('server stopped: the primary demotes before its lease runs out; a primary is back when it returns', async () => {
+        const server = await dedicated();
+        try {
+          const election = newElection();
+          const files = [scratchFile('outage-a'), scratchFile('outage-b')];
+          const group = await Promise.all(
+            ['a', 'b'].map((n, i) => Sidecar.start(`${fixture.name}-outage-${n}`, [...server.args(election), ...hookArgs(files[i]!)])),
+          );
+          const before = await settled(group, electTimeout);
+          await before.primary.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'promote', 10000, 'promote hook');
+
+          const stoppedAt = performance.now();
+          await server.pause();
+          await before.primary.waitForRole('unknown', ttlMs);
+          expect(performance.now() - stoppedAt).toBeLessThan(ttlMs);
+          await before.primary.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'demote', 10000, 'demote hook');
+          const demote = readHookRecords(files[group.indexOf(before.primary)]!).at(-1);
+          expect(demote).toMatchObject({ LEADERD_EVENT: 'demote', LEADERD_FENCING_TOKEN: String(before.state.fencingToken) });
+          expect((await before.replicas[0]!.role()).role).not.toBe('primary');
+
+          await server.resume();
+          const after = await settled(group, 30000);
+          expect(after.state.fencingToken!).toBeGreaterThan(before.state.fencingToken!);
+        } finally {
+          await server.stop();
+        }
+      });
+    }
   });
 }
 

@@ -1,6 +1,8 @@
-/** Installs the coordination servers the suite needs (Debian packages) before any test runs. */
+/** Installs the coordination servers the suite needs before any test runs. */
+import { ensureConsulInstalled } from './harness/consul.js';
 import { ensureEtcdInstalled } from './harness/etcd.js';
 
 export default function setup(): void {
   ensureEtcdInstalled();
+  ensureConsulInstalled();
 }

@@ -10,7 +10,7 @@ const dir = mkdtempSync(join(tmpdir(), 'leaderd-local-'));
 const ttlSeconds = 2;
 const args = (election: string) => ['--backend', 'local', '--local-dir', dir, '--election', election, '--ttl', String(ttlSeconds)];
 
-conformance({ name: 'local', ttlSeconds, args });
+conformance({ name: 'local', leaseSeconds: ttlSeconds, args });
 
 describe('local: backend specifics', () => {
   afterEach(() => Sidecar.killAll());

@@ -1,0 +1,318 @@
+/**
+ * ZooKeeper: the leader-election recipe from ZooKeeper's own documentation.
+ *
+ * Each session is a ZooKeeper session whose timeout is the ttl. Its candidacy is an
+ * EPHEMERAL|SEQUENTIAL node PREFIX/ELECTION/<guid>-n_<sequence> holding {id, address}; the lowest
+ * sequence leads and its czxid (a cluster-wide, ever-growing transaction id) is the fencing token.
+ *
+ * No herd on a leader change: a candidate lists the children only when its predecessor goes.
+ * Everyone also watches the leader, but when it goes, the others learn the new leader by
+ * reading forward through the candidates they already know (sequence order never changes, and
+ * later arrivals sort after them), one small read each, not a full listing.
+ *
+ * A create whose reply was lost is found again by its guid. Leadership is claimed only for a
+ * node whose ephemeralOwner is this session. A renewal is a `sync`, which the ensemble's leader
+ * must answer, so it proves the session is alive where sessions are expired.
+ */
+import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
+import type ZooKeeperClient from 'zookeeper';
+import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
+import { BackendConfigError, SessionLostError } from '../src/backend.js';
+import { sleep } from '../src/clock.js';
+import { errorMessage } from '../src/elector.js';
+
+// The native client is CommonJS and loaded only when this backend is used.
+const require = createRequire(import.meta.url);
+type ZooKeeper = InstanceType<typeof ZooKeeperClient>;
+
+export interface ZookeeperOptions {
+  /** host:port[,host:port...][/chroot] */
+  readonly connect: string;
+  readonly prefix: string;
+  /** "user:password" for digest authentication, or null. */
+  readonly auth: string | null;
+}
+
+interface Stat {
+  czxid: number;
+  ephemeralOwner: string;
+}
+
+const CANDIDATE = /^([0-9a-f]{32})-n_(\d{10})$/;
+
+export class ZookeeperBackend implements Backend {
+  readonly kind = 'zookeeper';
+
+  constructor(private readonly options: ZookeeperOptions) {}
+
+  async open(context: SessionContext): Promise<Session> {
+    const session = new ZookeeperSession(this.options, `${this.options.prefix}/${context.election}`, context);
+    try {
+      await session.start();
+    } catch (error) {
+      await session.close().catch(() => undefined);
+      throw error;
+    }
+    return session;
+  }
+
+  async shutdown(): Promise<void> {}
+}
+
+class ZookeeperSession implements Session {
+  private readonly guid = randomBytes(16).toString('hex');
+  private zk: ZooKeeper | null = null;
+  private constants!: typeof ZooKeeperClient.constants;
+  private ownNode: string | null = null;
+  /** Candidates as last listed, in sequence order. */
+  private known: string[] = [];
+  private leaderNode: string | null = null;
+  private closed = false;
+  private syncing: Promise<void> | null = null;
+  private syncAgain: 'list' | 'follow' | null = null;
+
+  constructor(
+    private readonly options: ZookeeperOptions,
+    private readonly path: string,
+    private readonly context: SessionContext,
+  ) {}
+
+  async start(): Promise<void> {
+    const ZK = require('zookeeper') as typeof ZooKeeperClient;
+    this.constants = ZK.constants;
+    const timeoutMs = this.context.ttlSeconds * 1000;
+    const zk = new ZK({ connect: this.options.connect, timeout: timeoutMs, debug_level: 0, host_order_deterministic: false });
+    this.zk = zk;
+    await new Promise<void>((resolve, reject) => {
+      zk.once('connect', () => resolve());
+      zk.once('close', () => reject(new Error(`cannot connect to ZooKeeper at ${this.options.connect}`)));
+      zk.init({});
+    });
+    zk.on('close', (state: number) => {
+      if (this.closed) return;
+      const why = state === this.constants.ZOO_EXPIRED_SESSION_STATE ? 'the ZooKeeper session expired' : `the ZooKeeper session closed (${state})`;
+      this.context.events.lost(new SessionLostError(why));
+    });
+    zk.on('connecting', () => this.context.log.warn('connection to ZooKeeper lost; reconnecting'));
+    zk.on('connect', () => {
+      this.context.log.info('reconnected to ZooKeeper');
+      this.sync('list');
+    });
+
+    const negotiated = zk.timeout;
+    if (negotiated !== timeoutMs) {
+      throw new BackendConfigError(
+        `ttl: ZooKeeper negotiated a ${negotiated / 1000} s session for the ${this.context.ttlSeconds} s asked ` +
+          '(servers allow 2 to 20 times their tickTime unless configured otherwise); choose a ttl in that range',
+      );
+    }
+    this.context.log.info({ sessionTimeoutMs: negotiated, sessionId: zk.client_id }, 'ZooKeeper session established');
+    if (this.options.auth) await this.call('auth', () => this.addAuth(this.options.auth!));
+    await this.call('mkdirp', () => new Promise<void>((resolve, reject) => zk.mkdirp(this.path, (error) => (error ? reject(error) : resolve()))));
+    if (this.options.auth) await this.restrict(this.path);
+    this.sync('list');
+  }
+
+  async renew(): Promise<void> {
+    const zk = this.client();
+    await zk.sync(this.path);
+  }
+
+  async campaign(): Promise<void> {
+    if (this.ownNode) return;
+    const zk = this.client();
+    const data = JSON.stringify({ id: this.context.candidate.id, address: this.context.candidate.address });
+    const flags = this.constants.ZOO_EPHEMERAL | this.constants.ZOO_SEQUENCE;
+    let created: string;
+    try {
+      created = await this.call('create', () => zk.create(`${this.path}/${this.guid}-n_`, data, flags));
+    } catch (error) {
+      // The create may have succeeded with its reply lost: our guid finds it.
+      const found = (await this.listCandidates()).find((name) => name.startsWith(this.guid));
+      if (!found) throw error;
+      created = `${this.path}/${found}`;
+    }
+    this.ownNode = created.slice(created.lastIndexOf('/') + 1);
+    if (this.options.auth) await this.restrict(created);
+    await this.syncNow('list');
+  }
+
+  async withdraw(): Promise<void> {
+    const own = this.ownNode;
+    this.ownNode = null;
+    if (own) await this.deleteIfPresent(`${this.path}/${own}`);
+    await this.syncNow('list');
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.ownNode = null;
+    this.zk?.close();
+  }
+
+  private client(): ZooKeeper {
+    if (!this.zk || this.closed) throw new SessionLostError('the ZooKeeper session is closed');
+    return this.zk;
+  }
+
+  private call<T>(operation: string, request: () => Promise<T>): Promise<T> {
+    return this.context.measure(operation, request);
+  }
+
+  private listCandidates(): Promise<string[]> {
+    return this.call('children', async () => {
+      const names = (await this.client().get_children(this.path, false)).filter((name) => CANDIDATE.test(name));
+      return names.sort((a, b) => sequenceOf(a) - sequenceOf(b));
+    });
+  }
+
+  private async read(node: string): Promise<{ stat: Stat; data: string } | null> {
+    try {
+      const [stat, data] = (await this.call('get', () => this.client().get(`${this.path}/${node}`, false))) as [Stat, string];
+      return { stat, data: String(data) };
+    } catch (error) {
+      if (errorCode(error) === this.constants.ZNONODE) return null;
+      throw error;
+    }
+  }
+
+  private syncNow(mode: 'list' | 'follow'): Promise<void> {
+    this.sync(mode);
+    return this.syncing ?? Promise.resolve();
+  }
+
+  /** Re-reads the election and re-arms the watches; one at a time, a listing wins over a follow. */
+  private sync(mode: 'list' | 'follow'): void {
+    if (this.syncing) {
+      if (this.syncAgain !== 'list') this.syncAgain = mode;
+      return;
+    }
+    this.syncing = (async () => {
+      let next: 'list' | 'follow' | null = mode;
+      while (next && !this.closed) {
+        this.syncAgain = null;
+        await this.syncOnce(next);
+        next = this.syncAgain;
+      }
+    })().finally(() => {
+      this.syncing = null;
+    });
+  }
+
+  private async syncOnce(mode: 'list' | 'follow'): Promise<void> {
+    while (!this.closed) {
+      try {
+        if (mode === 'list' || this.known.length === 0) await this.list();
+        else await this.follow();
+        return;
+      } catch (error) {
+        if (this.closed || error instanceof SessionLostError) return;
+        this.context.log.warn({ err: errorMessage(error) }, 'cannot read the election; retrying');
+        await sleep(Math.min(this.context.requestTimeoutMs, 500));
+      }
+    }
+  }
+
+  /** Lists the candidates, reports the leader, watches the predecessor, the leader and our node. */
+  private async list(): Promise<void> {
+    const candidates = await this.listCandidates();
+    this.known = candidates;
+    const own = this.ownNode;
+    const index = own ? candidates.indexOf(own) : -1;
+    if (own && index < 0) {
+      this.context.events.lost(new SessionLostError(`our candidacy ${this.path}/${own} was deleted`));
+      return;
+    }
+    if (own && index > 0) this.watchDeletion(candidates[index - 1]!, 'list');
+    if (own) this.watchDeletion(own, 'list');
+    await this.reportLeaderFrom(0);
+  }
+
+  /** The leader went: the next known candidate that still exists leads now. */
+  private async follow(): Promise<void> {
+    const gone = this.leaderNode ? this.known.indexOf(this.leaderNode) : -1;
+    await this.reportLeaderFrom(gone + 1);
+  }
+
+  private async reportLeaderFrom(start: number): Promise<void> {
+    for (let i = start; i < this.known.length; i++) {
+      const node = this.known[i]!;
+      const found = await this.read(node);
+      if (!found) continue;
+      this.leaderNode = node;
+      this.watchDeletion(node, 'follow');
+      const isSelf = node === this.ownNode && found.stat.ephemeralOwner === String(this.client().client_id);
+      this.context.events.view({ leader: leaderFrom(node, found.stat, found.data), isSelf });
+      return;
+    }
+    this.leaderNode = null;
+    this.context.events.view({ leader: null, isSelf: false });
+  }
+
+  private watchDeletion(node: string, then: 'list' | 'follow'): void {
+    const zk = this.zk;
+    if (!zk || this.closed) return;
+    zk.w_exists(`${this.path}/${node}`, (type: number) => {
+      if (type === this.constants.ZOO_DELETED_EVENT) this.sync(then);
+    }).then(
+      (stat: Stat | null) => {
+        if (!stat) this.sync(then);
+      },
+      () => this.sync(then),
+    );
+  }
+
+  private async deleteIfPresent(path: string): Promise<void> {
+    try {
+      await this.call('delete', () => this.client().delete_(path, -1));
+    } catch (error) {
+      if (errorCode(error) !== this.constants.ZNONODE) throw error;
+    }
+  }
+
+  private addAuth(credentials: string): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.client().add_auth('digest', credentials, (rc: number) => (rc === 0 ? resolve() : reject(new Error(`ZooKeeper digest authentication failed (${rc})`)))),
+    );
+  }
+
+  /** Only our digest identity may change what we create; anyone may read it. */
+  private async restrict(path: string): Promise<void> {
+    const { ZOO_PERM_ALL, ZOO_PERM_READ } = this.constants;
+    await this.call('setacl', () =>
+      this.client().set_acl(path, -1, [
+        { perms: ZOO_PERM_ALL, scheme: 'auth', auth: '' },
+        { perms: ZOO_PERM_READ, scheme: 'world', auth: 'anyone' },
+      ]),
+    );
+  }
+}
+
+function sequenceOf(name: string): number {
+  return Number(CANDIDATE.exec(name)?.[2] ?? Number.MAX_SAFE_INTEGER);
+}
+
+function leaderFrom(node: string, stat: Stat, data: string): Leader {
+  let parsed: { id?: unknown; address?: unknown } = {};
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    // a node that is not ours to read: name it by its path
+  }
+  return {
+    id: typeof parsed.id === 'string' ? parsed.id : node,
+    address: typeof parsed.address === 'string' ? parsed.address : '',
+    fencingToken: stat.czxid,
+  };
+}
+
+/**
+ * The return code of a failed call: the client rejects with "<rc> <text>", or, when the call
+ * could not even be queued, with "... result: \"<NAME> <rc>\"".
+ */
+function errorCode(error: unknown): number | undefined {
+  const message = String((error as Error | null)?.message ?? '');
+  const match = /^(-?\d+) /.exec(message) ?? /result: "\w+ (-?\d+)"/.exec(message);
+  return match ? Number(match[1]) : undefined;
+}
