@@ -68,6 +68,9 @@ class ZookeeperSession implements Session {
   /** Candidates as last listed, in sequence order. */
   private known: string[] = [];
   private leaderNode: string | null = null;
+  private predecessor: string | null = null;
+  /** Nodes with a deletion watch armed (ZooKeeper watches fire once). */
+  private readonly watched = new Set<string>();
   private closed = false;
   private syncing: Promise<void> | null = null;
   private syncAgain: 'list' | 'follow' | null = null;
@@ -224,42 +227,67 @@ class ZookeeperSession implements Session {
       this.context.events.lost(new SessionLostError(`our candidacy ${this.path}/${own} was deleted`));
       return;
     }
-    if (own && index > 0) this.watchDeletion(candidates[index - 1]!, 'list');
-    if (own) this.watchDeletion(own, 'list');
-    await this.reportLeaderFrom(0);
-  }
-
-  /** The leader went: the next known candidate that still exists leads now. */
-  private async follow(): Promise<void> {
-    const gone = this.leaderNode ? this.known.indexOf(this.leaderNode) : -1;
-    await this.reportLeaderFrom(gone + 1);
-  }
-
-  private async reportLeaderFrom(start: number): Promise<void> {
-    for (let i = start; i < this.known.length; i++) {
-      const node = this.known[i]!;
+    this.predecessor = own && index > 0 ? candidates[index - 1]! : null;
+    if (this.predecessor) this.watchDeletion(this.predecessor);
+    if (own) this.watchDeletion(own);
+    // Only a full listing can show that no candidate precedes ours: only here may we lead.
+    for (const node of candidates) {
       const found = await this.read(node);
       if (!found) continue;
-      this.leaderNode = node;
-      this.watchDeletion(node, 'follow');
-      const isSelf = node === this.ownNode && found.stat.ephemeralOwner === String(this.client().client_id);
-      this.context.events.view({ leader: leaderFrom(node, found.stat, found.data), isSelf });
+      const isSelf = node === own && found.stat.ephemeralOwner === String(this.client().client_id);
+      this.reportLeader(node, found, isSelf);
       return;
     }
     this.leaderNode = null;
     this.context.events.view({ leader: null, isSelf: false });
   }
 
-  private watchDeletion(node: string, then: 'list' | 'follow'): void {
+  /**
+   * The leader went: the next known candidate that still exists leads now, unless that is our
+   * own node, which only a full listing may conclude.
+   */
+  private async follow(): Promise<void> {
+    const gone = this.leaderNode;
+    if (gone && (await this.read(gone))) return;
+    for (let i = (gone ? this.known.indexOf(gone) : -1) + 1; i < this.known.length; i++) {
+      const node = this.known[i]!;
+      if (node === this.ownNode) return this.list();
+      const found = await this.read(node);
+      if (found) return this.reportLeader(node, found, false);
+    }
+    await this.list();
+  }
+
+  private reportLeader(node: string, found: { stat: Stat; data: string }, isSelf: boolean): void {
+    this.leaderNode = node;
+    this.watchDeletion(node);
+    this.context.events.view({ leader: leaderFrom(node, found.stat, found.data), isSelf });
+  }
+
+  /** What a deletion means depends on what the node is to us when it goes. */
+  private deleted(node: string): void {
+    if (node === this.ownNode || node === this.predecessor) this.sync('list');
+    else if (node === this.leaderNode) this.sync('follow');
+  }
+
+  private watchDeletion(node: string): void {
     const zk = this.zk;
-    if (!zk || this.closed) return;
+    if (!zk || this.closed || this.watched.has(node)) return;
+    this.watched.add(node);
     zk.w_exists(`${this.path}/${node}`, (type: number) => {
-      if (type === this.constants.ZOO_DELETED_EVENT) this.sync(then);
+      this.watched.delete(node);
+      if (type === this.constants.ZOO_DELETED_EVENT) this.deleted(node);
+      else this.watchDeletion(node);
     }).then(
       (stat: Stat | null) => {
-        if (!stat) this.sync(then);
+        if (stat) return;
+        this.watched.delete(node);
+        this.deleted(node);
       },
-      () => this.sync(then),
+      () => {
+        this.watched.delete(node);
+        this.deleted(node);
+      },
     );
   }
 

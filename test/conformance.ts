@@ -416,6 +416,20 @@ export function sample(families: MetricFamily[], name: string, labels: Record<st
   return Number(matching[0]!.value);
 }
 
+/**
+ * How many observations the histogram `name` counted for `labels` (0 when none yet), read from
+ * the exposition's `_count` line: the parser above drops histogram labels and counts.
+ */
+export async function histogramCount(sidecar: Sidecar, name: string, labels: Record<string, string>): Promise<number> {
+  const text = await (await sidecar.fetch('/metrics')).text();
+  const wanted = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
+  for (const line of text.split('\n')) {
+    const match = /^(\w+)\{([^}]*)\} (\S+)$/.exec(line);
+    if (match?.[1] === `${name}_count` && wanted.every((l) => match[2]!.split(',').includes(l))) return Number(match[3]);
+  }
+  return 0;
+}
+
 /** Sends raw bytes; `sent` resolves once the kernel has them (the peer may be frozen). */
 function rawRequest(url: string, request: string): { sent: Promise<void>; response: Promise<string> } {
   const { hostname, port } = new URL(url);

@@ -1,8 +1,10 @@
 /** Installs the coordination servers the suite needs before any test runs. */
 import { ensureConsulInstalled } from './harness/consul.js';
 import { ensureEtcdInstalled } from './harness/etcd.js';
+import { ensureZookeeperInstalled } from './harness/zookeeper.js';
 
 export default function setup(): void {
   ensureEtcdInstalled();
   ensureConsulInstalled();
+  ensureZookeeperInstalled();
 }
