@@ -51,6 +51,14 @@ describe('configuration', () => {
     expect(config(['--admin-token-file', file]).adminToken).toBe('a-long-admin-token');
   });
 
+  it('times the deadline from the Consul check TTL, the shorter lease on that backend', () => {
+    const c = config(['--backend', 'consul', '--ttl', '15', '--consul-check-ttl', '3']);
+    expect(c.ttlSeconds).toBe(15);
+    expect(c.leaseSeconds).toBe(3);
+    expect(c.renewDeadlineSeconds).toBe(2);
+    expect(config(['--backend', 'etcd', '--ttl', '6']).leaseSeconds).toBe(6);
+  });
+
   it('accepts a comma-separated list of etcd endpoints', () => {
     const c = config(['--backend', 'etcd', '--etcd-endpoints', 'http://10.0.0.1:2379, https://10.0.0.2:2379']);
     expect(c.etcd.endpoints).toEqual(['http://10.0.0.1:2379', 'https://10.0.0.2:2379']);
@@ -60,7 +68,7 @@ describe('configuration', () => {
     ['a ttl that is not a number', ['--ttl', 'abc'], {}, /^ttl: must be a number of seconds$/],
     ['a renew deadline not below the ttl', ['--ttl', '3', '--renew-deadline', '3'], {}, /^renew-deadline: must be below ttl/],
     ['a renew deadline not above the renew interval', ['--ttl', '9', '--renew-deadline', '2'], {}, /^renew-deadline: must be above the renew interval/],
-    ['an unknown backend', ['--backend', 'zk'], {}, /^backend: must be one of local, etcd, zookeeper, got "zk"$/],
+    ['an unknown backend', ['--backend', 'zk'], {}, /^backend: must be one of local, etcd, zookeeper, consul, got "zk"$/],
     ['a ttl below the backend minimum', ['--backend', 'etcd', '--ttl', '1'], {}, /^ttl: 1 s is below the etcd backend's minimum of 2 s$/],
     ['an unknown flag', ['--bogus', 'x'], {}, /^unknown flag --bogus/],
     ['a flag without its value', ['--ttl'], {}, /^flag --ttl needs a value$/],
@@ -72,6 +80,10 @@ describe('configuration', () => {
     ['a bad value from the environment', [], { LEADERD_HOOK_TIMEOUT: '-1' }, /^hook-timeout: must be at least/],
     ['both admin token sources', ['--admin-token', 'aaaaaaaaaa', '--admin-token-file', '/dev/null'], {}, /^admin-token: give either/],
     ['a missing token file', ['--admin-token-file', '/nonexistent/token'], {}, /^admin-token-file: cannot read \/nonexistent\/token: ENOENT$/],
+    ['a Consul check TTL not below the session TTL', ['--backend', 'consul', '--ttl', '10', '--consul-check-ttl', '10'], {}, /^consul-check-ttl: must be below ttl/],
+    ['a Consul lock-delay above 60 s', ['--consul-lock-delay', '90'], {}, /^consul-lock-delay: must be at most 60$/],
+    ['a bad ZooKeeper connect string', ['--zk-connect', 'zk1'], {}, /^zk-connect: must be host:port/],
+    ['both ZooKeeper credential sources', ['--zk-auth', 'u:p', '--zk-auth-file', '/dev/null'], {}, /^zk-auth: give either/],
     ['a missing config file', ['--config', '/nonexistent.yaml'], {}, /^config: cannot read \/nonexistent.yaml: ENOENT$/],
   ];
   for (const [what, argv, env, message] of refused) {
