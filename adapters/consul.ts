@@ -4,9 +4,11 @@
  * Each session is bound to `serfHealth` and to a TTL check of its own that leaderd passes on every
  * renewal, so when a sidecar dies its lock is freed after the short check TTL instead of up to
  * twice the session TTL. That check TTL is therefore the lease the core times its deadline from
- * (Config.leaseSeconds): Consul invalidates the session no sooner than the check TTL after the
- * last pass, and each renewal also renews the session at the servers, so it proves the session
- * alive where locks are decided.
+ * (Config.leaseSeconds): the check expires no sooner than its TTL after the last pass, and each
+ * renewal also renews the session at the servers, so it proves the session alive where locks are
+ * decided. Consul can also invalidate a session on its own (its node left or failed), whatever
+ * our renewals say; the lock-delay, by default as long as the renew deadline, keeps the next
+ * holder out until this one has stepped down.
  *
  * The lock is PREFIX/ELECTION/leader, acquired with ?acquire=<session> and holding {id, address};
  * everyone watches it with blocking queries. The fencing token is the key's ModifyIndex while
@@ -68,21 +70,26 @@ export class ConsulBackend implements Backend {
 }
 
 class ConsulSession implements Session {
+  /** Per session: a dropped session's late clean-up must not remove its successor's check. */
+  private readonly serviceId: string;
   private readonly checkId: string;
   private readonly key: string;
   private sessionId: string | null = null;
-  private checkRegistered = false;
   private campaigning = false;
   private closed = false;
   private watch: ReturnType<Consul['watch']> | null = null;
+  /** The lock as the watch last saw it: the watch's answers arrive in order, nothing else's do. */
   private current: KvItem | null = null;
+  private acquiring: Promise<void> | null = null;
+  private retryTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly client: Consul,
     private readonly options: ConsulOptions,
     private readonly context: SessionContext,
   ) {
-    this.checkId = `leaderd-${context.election}-${randomBytes(6).toString('hex')}`;
+    this.serviceId = `leaderd-${context.election}-${randomBytes(6).toString('hex')}`;
+    this.checkId = `${this.serviceId}-alive`;
     this.key = `${options.keyPrefix}/${context.election}/leader`.replace(/^\//, '');
   }
 
@@ -92,23 +99,29 @@ class ConsulSession implements Session {
 
   async start(): Promise<void> {
     const { candidate, election } = this.context;
-    const name = `leaderd ${election} ${candidate.id}`;
-    await this.call('check', () =>
-      // No request timeout here: this call's `timeout` would be the check's own (the core still
-      // bounds the call).
-      this.client.agent.check.register({
-        id: this.checkId,
-        name,
-        ttl: `${this.options.checkTtlSeconds}s`,
-        status: 'passing',
-      } as unknown as Parameters<Consul['agent']['check']['register']>[0]),
+    // The check belongs to a service of leaderd's own: a node check left critical by a crashed
+    // sidecar would make every service on the node look unhealthy. Consul removes a service
+    // left behind a minute after its check went critical.
+    await this.call('register', () =>
+      this.client.agent.service.register({
+        id: this.serviceId,
+        name: 'leaderd',
+        tags: [election],
+        check: {
+          checkid: this.checkId,
+          name: `leaderd ${election} ${candidate.id} is alive`,
+          ttl: `${this.options.checkTtlSeconds}s`,
+          status: 'passing',
+          deregistercriticalserviceafter: '1m',
+        },
+        ...this.timeout,
+      } as never),
     );
-    this.checkRegistered = true;
     const created = await this.call('session', () =>
       this.client.session.create({
-        name,
+        name: `leaderd ${election} ${candidate.id}`,
         ttl: `${this.options.sessionTtlSeconds}s`,
-        lockdelay: `${this.options.lockDelaySeconds}s`,
+        lockdelay: `${Math.round(this.options.lockDelaySeconds * 1000)}ms`,
         behavior: 'release',
         checks: ['serfHealth', this.checkId],
         ...this.timeout,
@@ -138,17 +151,24 @@ class ConsulSession implements Session {
 
   async withdraw(): Promise<void> {
     this.campaigning = false;
+    await this.acquiring;
     await this.release();
   }
 
   async close(): Promise<void> {
-    this.closed = true;
     this.campaigning = false;
+    await this.acquiring;
+    this.closed = true;
+    clearTimeout(this.retryTimer);
     this.watch?.end();
-    const id = this.sessionId;
-    // Destroying the session releases its lock at once.
-    if (id) await this.call('session', () => this.client.session.destroy({ id, ...this.timeout })).catch(() => undefined);
-    if (this.checkRegistered) await this.call('check', () => this.client.agent.check.deregister({ id: this.checkId, ...this.timeout }));
+    // Releasing first hands over at once; destroying a session that holds a lock would make
+    // everyone wait out the lock-delay.
+    if (this.sessionId) {
+      await this.release().catch(() => undefined);
+      const id = this.sessionId;
+      await this.call('session', () => this.client.session.destroy({ id, ...this.timeout })).catch(() => undefined);
+    }
+    await this.call('register', () => this.client.agent.service.deregister({ id: this.serviceId, ...this.timeout }));
   }
 
   private call<T>(operation: string, request: () => Promise<T>): Promise<T> {
@@ -164,6 +184,10 @@ class ConsulSession implements Session {
     });
     watch.on('change', (data: KvItem | null) => this.observe(data ?? null));
     watch.on('error', (error: unknown) => this.context.log.warn({ err: errorMessage(error) }, 'watching the Consul lock failed; retrying'));
+    // The helper gives up for good on some answers (400, no index): without a watch we are blind.
+    watch.on('end', () => {
+      if (!this.closed) this.context.events.lost(new SessionLostError('the watch on the Consul lock ended'));
+    });
     this.watch = watch;
   }
 
@@ -171,29 +195,63 @@ class ConsulSession implements Session {
     if (this.closed) return;
     this.current = item;
     const held = item?.Session ? item : null;
-    const isSelf = held !== null && held.Session === this.sessionId;
-    this.context.events.view({ leader: held ? leaderFrom(held) : null, isSelf });
-    if (!held && this.campaigning) {
-      void this.tryAcquire().catch((error) => this.context.log.warn({ err: errorMessage(error) }, 'cannot acquire the Consul lock'));
+    this.context.events.view({ leader: held ? leaderFrom(held) : null, isSelf: held !== null && held.Session === this.sessionId });
+    if (!held && this.campaigning) void this.tryAcquire();
+  }
+
+  /**
+   * One acquire at a time. Whatever its outcome, while the lock still looks free it is tried again
+   * shortly: a refusal during the lock-delay, or an error while the servers elect a leader, is
+   * followed by no change for the watch to report.
+   */
+  private tryAcquire(): Promise<void> {
+    this.acquiring ??= this.acquireOnce()
+      .catch((error) => this.context.log.warn({ err: errorMessage(error) }, 'cannot acquire the Consul lock'))
+      .finally(() => {
+        this.acquiring = null;
+        if (this.closed || !this.campaigning || this.current?.Session) return;
+        clearTimeout(this.retryTimer);
+        this.retryTimer = setTimeout(() => {
+          if (!this.current?.Session) void this.tryAcquire();
+        }, this.retryMs);
+      });
+    return this.acquiring;
+  }
+
+  /**
+   * Acquires the lock only if it is still as last seen free: a transaction guarded by the index
+   * we saw, so an acquire decided on an old answer fails instead of taking the lock again (which
+   * would move its ModifyIndex, and with it the fencing token).
+   */
+  private async acquireOnce(): Promise<void> {
+    const seen = this.current;
+    if (this.closed || !this.campaigning || seen?.Session) return;
+    const value = Buffer.from(JSON.stringify({ id: this.context.candidate.id, address: this.context.candidate.address })).toString('base64');
+    const guard = seen ? { Verb: 'check-index', Key: this.key, Index: seen.ModifyIndex } : { Verb: 'check-not-exists', Key: this.key };
+    const lock = { Verb: 'lock', Key: this.key, Value: value, Session: this.sessionId };
+    try {
+      await this.call('acquire', () =>
+        this.client.transaction.create([{ KV: guard }, { KV: lock }] as never, this.timeout as never),
+      );
+    } catch (error) {
+      // 409: refused, because the lock changed since we looked or is in its lock-delay.
+      if (statusOf(error) !== 409) throw error;
     }
   }
 
-  private async tryAcquire(): Promise<void> {
-    // Acquiring again while holding would move the ModifyIndex, and with it the fencing token.
-    if (this.closed || this.current?.Session === this.sessionId) return;
-    const value = JSON.stringify({ id: this.context.candidate.id, address: this.context.candidate.address });
-    // The client answers a refused acquire with undefined rather than false.
-    const acquired = await this.call('acquire', () => this.client.kv.set({ key: this.key, value, acquire: this.sessionId!, ...this.timeout }));
-    if (!acquired) return;
-    // Report it now rather than when the blocking query returns.
-    const read = { key: this.key, consistent: true, ...this.timeout } as { key: string };
-    const item = await this.call('get', () => this.client.kv.get(read));
-    if (item) this.observe(item as KvItem);
+  private get retryMs(): number {
+    return Math.min(1000, Math.max(100, (this.options.lockDelaySeconds * 1000) / 4));
   }
 
   private async release(): Promise<void> {
-    if (this.current?.Session !== this.sessionId || !this.sessionId) return;
-    await this.call('release', () => this.client.kv.set({ key: this.key, value: '', release: this.sessionId!, ...this.timeout }));
+    const id = this.sessionId;
+    if (!id) return;
+    // A release by a session that does not hold the lock changes nothing.
+    await this.call('release', () => this.client.kv.set({ key: this.key, value: '', release: id, ...this.timeout }));
+    if (this.current?.Session === id) {
+      this.current = null;
+      this.context.events.view({ leader: null, isSelf: false });
+    }
   }
 }
 

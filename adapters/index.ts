@@ -16,8 +16,14 @@ interface BackendEntry extends BackendRequirements {
 export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   local: { minimumTtlSeconds: 1, create: (config) => new LocalBackend(config.local) },
   etcd: { minimumTtlSeconds: ETCD_MINIMUM_TTL_SECONDS, create: (config) => new EtcdBackend(config.etcd) },
-  // ZooKeeper's real bounds are the server's (2 to 20 tickTimes): checked when the session opens.
-  zookeeper: { minimumTtlSeconds: 1, create: (config) => new ZookeeperBackend(config.zookeeper) },
+  zookeeper: {
+    // The server's real bounds (2 to 20 tickTimes) are checked when the session opens.
+    minimumTtlSeconds: 1,
+    // A follower reports session activity to the ensemble leader a little later than it sees it:
+    // stepping down at half the session timeout keeps a wide margin before the leader expires it.
+    renewDeadlineFraction: 1 / 2,
+    create: (config) => new ZookeeperBackend(config.zookeeper),
+  },
   consul: {
     minimumTtlSeconds: CONSUL_MINIMUM_TTL_SECONDS,
     create: (config) => new ConsulBackend({ ...config.consul, sessionTtlSeconds: config.ttlSeconds }),

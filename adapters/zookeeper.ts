@@ -87,9 +87,19 @@ class ZookeeperSession implements Session {
     const timeoutMs = this.context.ttlSeconds * 1000;
     const zk = new ZK({ connect: this.options.connect, timeout: timeoutMs, debug_level: 0, host_order_deterministic: false });
     this.zk = zk;
+    // The client retries an unreachable ensemble for ever: give up here, or the session would
+    // open long after the core stopped waiting for it.
     await new Promise<void>((resolve, reject) => {
-      zk.once('connect', () => resolve());
-      zk.once('close', () => reject(new Error(`cannot connect to ZooKeeper at ${this.options.connect}`)));
+      const fail = () => {
+        clearTimeout(timer);
+        reject(new Error(`cannot connect to ZooKeeper at ${this.options.connect}`));
+      };
+      const timer = setTimeout(fail, this.context.requestTimeoutMs);
+      zk.once('connect', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      zk.once('close', fail);
       zk.init({});
     });
     zk.on('close', (state: number) => {
@@ -142,9 +152,11 @@ class ZookeeperSession implements Session {
   }
 
   async withdraw(): Promise<void> {
-    const own = this.ownNode;
     this.ownNode = null;
-    if (own) await this.deleteIfPresent(`${this.path}/${own}`);
+    // Every node of ours, including one whose create reply was lost.
+    for (const node of await this.listCandidates()) {
+      if (node.startsWith(this.guid)) await this.deleteIfPresent(`${this.path}/${node}`);
+    }
     await this.syncNow('list');
   }
 
@@ -275,6 +287,8 @@ class ZookeeperSession implements Session {
     if (!zk || this.closed || this.watched.has(node)) return;
     this.watched.add(node);
     zk.w_exists(`${this.path}/${node}`, (type: number) => {
+      // The client also hands connection changes to every watcher, and keeps it armed.
+      if (type === this.constants.ZOO_SESSION_EVENT) return;
       this.watched.delete(node);
       if (type === this.constants.ZOO_DELETED_EVENT) this.deleted(node);
       else this.watchDeletion(node);

@@ -85,7 +85,7 @@ async function run(config: Config): Promise<void> {
     listener: metrics,
     holdsTerm: (token) => elector.holdsTerm(token),
     promoteFailed: (reason) => {
-      if (config.hooks.promoteFailure === 'resign') void elector.resign(timing.ttlMs, reason);
+      if (config.hooks.promoteFailure === 'resign') void elector.resign(config.ttlSeconds * 1000, reason);
     },
   });
   elector.subscribe(metrics);

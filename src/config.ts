@@ -28,7 +28,7 @@ export const OPTIONS = {
   id: { value: 'ID', help: "this candidate's unique name", default: '(hostname)' },
   address: { value: 'ADDR', help: 'what replicas connect to when this node is primary', default: '(the id)' },
   ttl: { value: 'SECONDS', help: 'lease time to live: how long a dead primary can block a new one', default: '10' },
-  'renew-deadline': { value: 'SECONDS', help: 'a primary that could not renew for this long steps down (< the lease)', default: '2/3 of the lease' },
+  'renew-deadline': { value: 'SECONDS', help: 'a primary that could not renew for this long steps down (< the lease)', default: '2/3 of the lease; 1/2 on ZooKeeper' },
   http: { value: 'HOST:PORT', help: 'where the HTTP API listens (port 0: any free port)', default: '127.0.0.1:7070' },
   'etcd-endpoints': { value: 'URLS', help: 'comma-separated etcd client URLs', default: 'http://127.0.0.1:2379' },
   'etcd-prefix': { value: 'PREFIX', help: 'key prefix; keys live under PREFIX/ELECTION/', default: '/leaderd' },
@@ -41,7 +41,7 @@ export const OPTIONS = {
   'consul-token-file': { value: 'FILE', help: 'file holding the Consul ACL token' },
   'consul-key-prefix': { value: 'PREFIX', help: 'KV prefix; the lock is PREFIX/ELECTION/leader', default: 'leaderd' },
   'consul-check-ttl': { value: 'SECONDS', help: "TTL of the candidate's health check: the lease on Consul (< ttl)", default: '3' },
-  'consul-lock-delay': { value: 'SECONDS', help: 'Consul lock-delay after a session is invalidated (0-60)', default: '0' },
+  'consul-lock-delay': { value: 'SECONDS', help: 'Consul lock-delay after a session is invalidated (0-60)', default: 'the renew deadline' },
   'consul-datacenter': { value: 'DC', help: 'Consul datacenter', default: "(the agent's)" },
   'local-dir': { value: 'DIR', help: 'directory shared by the candidates of the local backend', default: `${join(tmpdir(), 'leaderd')}` },
   'on-promote': { value: 'CMD', help: 'command run (no shell) when this node becomes primary' },
@@ -61,6 +61,8 @@ const OPTION_NAMES = Object.keys(OPTIONS) as OptionName[];
 export interface BackendRequirements {
   /** Smallest ttl the service honours as asked (seconds). */
   readonly minimumTtlSeconds: number;
+  /** The default renew deadline as a fraction of the lease, when 2/3 leaves too little margin. */
+  readonly renewDeadlineFraction?: number;
 }
 
 export interface Config {
@@ -270,7 +272,7 @@ const schema = z.object({
   'consul-token-file': text.optional(),
   'consul-key-prefix': text.default('leaderd').pipe(z.string().regex(/^[^\x00-\x1f]*[^/]$/, 'must not end with "/"')),
   'consul-check-ttl': seconds(1).default(3),
-  'consul-lock-delay': seconds(0).default(0).refine((n) => n <= 60, 'must be at most 60'),
+  'consul-lock-delay': seconds(0).refine((n) => n <= 60, 'must be at most 60').optional(),
   'consul-datacenter': text.optional(),
   'local-dir': text.default(join(tmpdir(), 'leaderd')).pipe(z.string().min(1)),
   'on-promote': command.optional(),
@@ -304,7 +306,7 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   }
   const lease = onConsul ? c['consul-check-ttl'] : c.ttl;
   const leaseName = onConsul ? 'consul-check-ttl' : 'ttl';
-  const renewDeadline = c['renew-deadline'] ?? (lease * 2) / 3;
+  const renewDeadline = c['renew-deadline'] ?? lease * (requirements.renewDeadlineFraction ?? 2 / 3);
   if (renewDeadline >= lease) throw new ConfigError(`renew-deadline: must be below ${leaseName} (${renewDeadline} s >= ${lease} s)`);
   if (renewDeadline <= lease / 3) {
     throw new ConfigError(`renew-deadline: must be above the renew interval ${leaseName}/3 (${renewDeadline} s <= ${round(lease / 3)} s)`);
@@ -340,7 +342,7 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
       token: c['consul-token-file'] !== undefined ? readSecret('consul-token-file', c['consul-token-file'], /^\S+$/, 'a token') : (c['consul-token'] ?? null),
       keyPrefix: c['consul-key-prefix'],
       checkTtlSeconds: c['consul-check-ttl'],
-      lockDelaySeconds: c['consul-lock-delay'],
+      lockDelaySeconds: c['consul-lock-delay'] ?? renewDeadline,
       datacenter: c['consul-datacenter'] ?? null,
     },
     local: { dir: c['local-dir'] },

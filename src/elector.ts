@@ -105,6 +105,7 @@ export class Elector {
   private published: Published = { role: 'unknown', leader: null, connected: false, since: new Date() };
   private readonly listeners: ElectorListener[] = [];
   private resignations = 0;
+  private candidacy: Promise<void> = Promise.resolve();
   private loopTimer: NodeJS.Timeout | undefined;
   private clockCheck: NodeJS.Timeout | undefined;
   private holdOffTimer: NodeJS.Timeout | undefined;
@@ -164,7 +165,7 @@ export class Elector {
     await this.options.settle();
     const session = this.session;
     if (session) {
-      await this.request('withdraw', () => session.withdraw()).catch((error: unknown) => {
+      await this.changeCandidacy('withdraw', session).catch((error: unknown) => {
         // A candidacy we could not withdraw would go on leading on our renewals: end the session.
         if (this.session === session) this.dropSession(`withdraw failed: ${errorMessage(error)}`);
       });
@@ -205,9 +206,19 @@ export class Elector {
 
   /** Joins the race; a session that cannot campaign is dropped, and the next one campaigns. */
   private campaign(session: Session): Promise<void> {
-    return this.request('campaign', () => session.campaign()).catch((error: unknown) => {
+    return this.changeCandidacy('campaign', session).catch((error: unknown) => {
       if (this.session === session) this.dropSession(`campaign failed: ${errorMessage(error)}`);
     });
+  }
+
+  /**
+   * Campaigns and withdrawals run one at a time and in the order asked, so a withdrawal never
+   * overtakes the campaign it undoes: no adapter has to cope with the two interleaving.
+   */
+  private changeCandidacy(change: 'campaign' | 'withdraw', session: Session): Promise<void> {
+    const next = this.candidacy.then(() => this.request(change, () => session[change]()));
+    this.candidacy = next.catch(() => undefined);
+    return next;
   }
 
   // The election loop: one step at a time, either opening a session or renewing it.

@@ -59,6 +59,12 @@ describe('configuration', () => {
     expect(config(['--backend', 'etcd', '--ttl', '6']).leaseSeconds).toBe(6);
   });
 
+  it('defaults the Consul lock-delay to the renew deadline, and ZooKeeper\'s renew deadline to half the ttl', () => {
+    expect(config(['--backend', 'consul', '--ttl', '15', '--consul-check-ttl', '3']).consul.lockDelaySeconds).toBe(2);
+    expect(config(['--backend', 'consul', '--consul-lock-delay', '0']).consul.lockDelaySeconds).toBe(0);
+    expect(config(['--backend', 'zookeeper', '--ttl', '10']).renewDeadlineSeconds).toBe(5);
+  });
+
   it('accepts a comma-separated list of etcd endpoints', () => {
     const c = config(['--backend', 'etcd', '--etcd-endpoints', 'http://10.0.0.1:2379, https://10.0.0.2:2379']);
     expect(c.etcd.endpoints).toEqual(['http://10.0.0.1:2379', 'https://10.0.0.2:2379']);

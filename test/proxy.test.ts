@@ -1,0 +1,64 @@
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TcpProxy } from './harness/proxy.js';
+
+let echo: Server;
+let echoPort: number;
+
+beforeAll(async () => {
+  echo = createServer((socket) => socket.pipe(socket));
+  await new Promise<void>((resolve) => echo.listen(0, '127.0.0.1', resolve));
+  echoPort = (echo.address() as { port: number }).port;
+});
+afterAll(() => new Promise<void>((resolve) => echo.close(() => resolve())));
+
+function client(proxy: TcpProxy): Promise<Socket> {
+  return new Promise((resolve) => {
+    const socket = connect(proxy.port, '127.0.0.1', () => resolve(socket));
+  });
+}
+
+/** The next chunk the socket receives, or null if none arrives within `ms`. */
+function nextChunk(socket: Socket, ms: number): Promise<string | null> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      socket.off('data', onData);
+      resolve(null);
+    }, ms);
+    const onData = (chunk: Buffer) => {
+      clearTimeout(timer);
+      resolve(chunk.toString());
+    };
+    socket.once('data', onData);
+  });
+}
+
+describe('the TCP proxy used to cut one sidecar off its backend', () => {
+  it('forwards, blackholes without closing, delays in order, and heals', async () => {
+    const proxy = await TcpProxy.start(`127.0.0.1:${echoPort}`);
+    const socket = await client(proxy);
+    try {
+      socket.write('one');
+      expect(await nextChunk(socket, 2000)).toBe('one');
+
+      proxy.blackhole();
+      socket.write('lost');
+      expect(await nextChunk(socket, 300)).toBeNull();
+      expect(socket.destroyed).toBe(false);
+
+      proxy.delay(200);
+      const sentAt = performance.now();
+      socket.write('slow');
+      expect(await nextChunk(socket, 2000)).toBe('slow');
+      // Delayed on the way out and on the way back.
+      expect(performance.now() - sentAt).toBeGreaterThanOrEqual(390);
+
+      proxy.heal();
+      socket.write('two');
+      expect(await nextChunk(socket, 2000)).toBe('two');
+    } finally {
+      socket.destroy();
+      await proxy.stop();
+    }
+  });
+});
