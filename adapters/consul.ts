@@ -18,7 +18,7 @@
 import { randomBytes } from 'node:crypto';
 import Consul from 'consul';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { SessionLostError } from '../src/backend.js';
+import { SessionLostError, started } from '../src/backend.js';
 import { errorMessage } from '../src/elector.js';
 
 export interface ConsulOptions {
@@ -55,15 +55,8 @@ export class ConsulBackend implements Backend {
     });
   }
 
-  async open(context: SessionContext): Promise<Session> {
-    const session = new ConsulSession(this.client, this.options, context);
-    try {
-      await session.start();
-    } catch (error) {
-      await session.close().catch(() => undefined);
-      throw error;
-    }
-    return session;
+  open(context: SessionContext): Promise<Session> {
+    return started(new ConsulSession(this.client, this.options, context));
   }
 
   async shutdown(): Promise<void> {}

@@ -14,7 +14,7 @@
 import { Etcd3, type IKeyValue, type Watcher } from 'etcd3';
 import { ExponentialBackoff, noop } from 'cockatiel';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError } from '../src/backend.js';
+import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
@@ -44,10 +44,8 @@ export class EtcdBackend implements Backend {
     });
   }
 
-  async open(context: SessionContext): Promise<Session> {
-    const session = new EtcdSession(this.client, `${this.options.prefix}/${context.election}/`, context);
-    await session.start();
-    return session;
+  open(context: SessionContext): Promise<Session> {
+    return started(new EtcdSession(this.client, `${this.options.prefix}/${context.election}/`, context));
   }
 
   async shutdown(): Promise<void> {

@@ -27,7 +27,7 @@ import { watch, type FSWatcher, readFileSync, readlinkSync } from 'node:fs';
 import { access, mkdir, readdir, readFile, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError } from '../src/backend.js';
+import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
 import { monotonicMs } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
@@ -40,15 +40,8 @@ export class LocalBackend implements Backend {
 
   constructor(private readonly options: LocalOptions) {}
 
-  async open(context: SessionContext): Promise<Session> {
-    const session = new LocalSession(join(this.options.dir, context.election), context);
-    try {
-      await session.start();
-    } catch (error) {
-      await session.close().catch(() => undefined);
-      throw error;
-    }
-    return session;
+  open(context: SessionContext): Promise<Session> {
+    return started(new LocalSession(join(this.options.dir, context.election), context));
   }
 
   async shutdown(): Promise<void> {}

@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type ZooKeeperClient from 'zookeeper';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError } from '../src/backend.js';
+import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
@@ -46,15 +46,8 @@ export class ZookeeperBackend implements Backend {
 
   constructor(private readonly options: ZookeeperOptions) {}
 
-  async open(context: SessionContext): Promise<Session> {
-    const session = new ZookeeperSession(this.options, `${this.options.prefix}/${context.election}`, context);
-    try {
-      await session.start();
-    } catch (error) {
-      await session.close().catch(() => undefined);
-      throw error;
-    }
-    return session;
+  open(context: SessionContext): Promise<Session> {
+    return started(new ZookeeperSession(this.options, `${this.options.prefix}/${context.election}`, context));
   }
 
   async shutdown(): Promise<void> {}

@@ -91,3 +91,14 @@ export class SessionLostError extends Error {
 export class BackendConfigError extends Error {
   override readonly name = 'BackendConfigError';
 }
+
+/** Starts a session; if starting fails, closes it again so nothing it began lives on. */
+export async function started<S extends Session & { start(): Promise<void> }>(session: S): Promise<S> {
+  try {
+    await session.start();
+  } catch (error) {
+    await session.close().catch(() => undefined);
+    throw error;
+  }
+  return session;
+}
