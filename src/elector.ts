@@ -134,15 +134,7 @@ export class Elector {
   /** The current state, checked against the clock now. */
   status(): Status {
     this.reconcile('checked');
-    const at = now();
-    return {
-      role: this.published.role,
-      leader: this.published.leader,
-      since: this.published.since,
-      connected: this.published.connected,
-      alive: this.phase === 'running' && monotonicMs() - this.lastTickAt < this.options.timing.ttlMs,
-      leaseRemainingMs: this.lease?.remainingMs(at) ?? 0,
-    };
+    return this.statusSnapshot();
   }
 
   /** True while `fencingToken`'s term is this node's and its lease is valid: asked before acting. */
@@ -409,7 +401,7 @@ export class Elector {
       leader: this.published.leader,
       since: this.published.since,
       connected: this.published.connected,
-      alive: this.phase === 'running',
+      alive: this.phase === 'running' && monotonicMs() - this.lastTickAt < this.options.timing.ttlMs,
       leaseRemainingMs: this.lease?.remainingMs() ?? 0,
     };
   }

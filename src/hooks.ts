@@ -56,10 +56,6 @@ export class HookRunner {
 
   constructor(private readonly options: HookOptions) {}
 
-  get configured(): boolean {
-    return this.options.url !== null || Object.keys(this.options.exec).length > 0;
-  }
-
   enqueue(transition: Transition): void {
     if (transition.event === 'demote' && this.running?.event === 'promote') {
       this.options.log.warn('demoting while the promote hook runs: cutting it short');

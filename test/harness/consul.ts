@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './ports.js';
+import { runs } from './system.js';
 
 const INSTALL_SCRIPT = join('scripts', 'install-consul.sh');
 const BINARY = join('.cache', 'consul', 'bin', 'consul');
@@ -24,22 +25,14 @@ function repoRoot(): string {
 export function ensureConsulInstalled(): string {
   const root = repoRoot();
   const binary = join(root, BINARY);
-  if (isExecutable(binary)) return binary;
+  if (runs(binary, ['version'])) return binary;
   // The script logs to stderr and prints the binary's path as its last stdout line.
   const out = execFileSync(join(root, INSTALL_SCRIPT), { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8' });
   const installed = out.trim().split('\n').pop() ?? '';
-  if (!isExecutable(installed)) throw new Error(`install-consul.sh did not provide a working consul (${installed})`);
+  if (!runs(installed, ['version'])) throw new Error(`install-consul.sh did not provide a working consul (${installed})`);
   return installed;
 }
 
-function isExecutable(path: string): boolean {
-  try {
-    execFileSync(path, ['version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 // Consul 1.8 phones home for update checks unless told not to; -1 disables DNS and gRPC.
 const COMMON_ARGS = ['-bind', '127.0.0.1', '-client', '127.0.0.1', '-advertise', '127.0.0.1', '-dns-port', '-1', '-grpc-port', '-1', '-log-level', 'info', '-hcl', 'disable_update_check = true'];

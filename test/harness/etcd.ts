@@ -2,11 +2,12 @@
  * A real etcd server for the tests: Debian's etcd-server, on free loopback ports, with a
  * throwaway data directory. It can be stopped and started again on the same ports and data.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './ports.js';
+import { aptInstall, runs } from './system.js';
 
 export const ETCD_BINARY = '/usr/bin/etcd';
 
@@ -90,18 +91,8 @@ export class EtcdServer {
 
 /** Installs Debian's etcd-server when the binary is missing (the test harness runs as root). */
 export function ensureEtcdInstalled(): void {
-  if (isExecutable(ETCD_BINARY)) return;
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'etcd-server'], { stdio: 'inherit', env });
-  if (!isExecutable(ETCD_BINARY)) throw new Error(`installing etcd-server did not provide ${ETCD_BINARY}`);
+  if (runs(ETCD_BINARY, ['--version'])) return;
+  aptInstall('etcd-server');
+  if (!runs(ETCD_BINARY, ['--version'])) throw new Error(`installing etcd-server did not provide ${ETCD_BINARY}`);
 }
 
-function isExecutable(path: string): boolean {
-  try {
-    execFileSync(path, ['--version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -5,12 +5,13 @@
  * members can be stopped and started again on the same ports and data, or frozen (SIGSTOP) so
  * that their sessions expire without the sockets closing.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './ports.js';
+import { aptInstall, runs } from './system.js';
 
 /** Debian's server jar; its manifest Class-Path pulls in the other jars from /usr/share/java. */
 export const ZOOKEEPER_JAR = '/usr/share/java/zookeeper.jar';
@@ -269,18 +270,8 @@ async function distinctFreePorts(count: number): Promise<number[]> {
  * system server on 2181 that could get in the way.
  */
 export function ensureZookeeperInstalled(): void {
-  if (existsSync(ZOOKEEPER_JAR) && existsSync(SLF4J_BINDING_JAR) && isExecutable(JAVA)) return;
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'zookeeper'], { stdio: 'inherit', env });
+  if (existsSync(ZOOKEEPER_JAR) && existsSync(SLF4J_BINDING_JAR) && runs(JAVA, ['-version'])) return;
+  aptInstall('zookeeper');
   if (!existsSync(ZOOKEEPER_JAR)) throw new Error(`installing zookeeper did not provide ${ZOOKEEPER_JAR}`);
 }
 
-function isExecutable(path: string): boolean {
-  try {
-    execFileSync(path, ['-version'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}

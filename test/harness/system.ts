@@ -1,0 +1,19 @@
+/** What the harnesses ask of the machine: whether a program runs, and Debian packages. */
+import { execFileSync } from 'node:child_process';
+
+/** True when `path` runs and exits 0 with `args` (a version query). */
+export function runs(path: string, args: readonly string[]): boolean {
+  try {
+    execFileSync(path, [...args], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Installs a Debian package (the test harness runs as root, with Debian's mirrors reachable). */
+export function aptInstall(pkg: string): void {
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', pkg], { stdio: 'inherit', env });
+}
