@@ -228,9 +228,10 @@ export class ConsulServer {
 }
 
 /**
- * Three Consul servers (-bootstrap-expect=3) on loopback, each with its own data directory, so a
- * paused server comes back with its Raft log and a paused leader triggers a real election.
- * Clients talk to any member's HTTP API (members[i].httpAddr).
+ * Consul servers (three by default, -bootstrap-expect=N) on loopback, each with its own data
+ * directory, so a paused server comes back with its Raft log and a paused leader triggers a real
+ * election. Clients talk to any member's HTTP API (members[i].httpAddr). A cluster of one is a
+ * single server that, unlike a dev agent, keeps its state (and its indexes) across a restart.
  */
 export class ConsulCluster {
   private constructor(
@@ -238,20 +239,23 @@ export class ConsulCluster {
     private readonly dir: string,
   ) {}
 
-  static async start(): Promise<ConsulCluster> {
+  static async start(size = 3): Promise<ConsulCluster> {
     const binary = ensureConsulInstalled();
     const dir = mkdtempSync(join(tmpdir(), 'leaderd-consul-cluster-'));
     // raft_multiplier 1 is the production timing (the default 5 is for tiny VMs): elections
     // take about a second instead of five.
     const config = join(dir, 'config.json');
-    writeFileSync(config, JSON.stringify({ performance: { raft_multiplier: 1 } }));
-    const allPorts = [await freePorts(), await freePorts(), await freePorts()];
+    // Prometheus-format metrics (GET /v1/agent/metrics?format=prometheus) let the benchmark
+    // count the HTTP requests sidecars make.
+    writeFileSync(config, JSON.stringify({ performance: { raft_multiplier: 1 }, telemetry: { prometheus_retention_time: '1h', disable_hostname: true } }));
+    const allPorts: Ports[] = [];
+    for (let i = 0; i < size; i++) allPorts.push(await freePorts());
     const tag = `leaderd-${allPorts[0]!.http}`;
     const members = allPorts.map((ports, i) => {
       const dataDir = join(dir, `server${i}`);
       const joins = allPorts.filter((p) => p !== ports).flatMap((p) => ['-retry-join', `127.0.0.1:${p.serfLan}`]);
       const args = [
-        '-server', '-bootstrap-expect', '3', '-node', `${tag}-${i}`, '-data-dir', dataDir, '-config-file', config,
+        '-server', '-bootstrap-expect', String(size), '-node', `${tag}-${i}`, '-data-dir', dataDir, '-config-file', config,
         // The default retry interval is 30 s: the first join attempts race the other servers' start.
         ...joins, '-retry-interval', '500ms',
         ...COMMON_ARGS, ...portArgs(ports),
@@ -260,7 +264,7 @@ export class ConsulCluster {
     });
     const cluster = new ConsulCluster(members, dir);
     try {
-      // No member reports a leader until all three have joined, so they must start together.
+      // No member reports a leader until all of them have joined, so they must start together.
       await Promise.all(members.map((m) => m.resume()));
       await cluster.allAlive();
     } catch (error) {

@@ -2,7 +2,9 @@
  * A TCP proxy between one sidecar and its coordination service, on loopback, that can cut the
  * network while both ends keep running: `blackhole()` stops forwarding in both directions and
  * holds the sockets open (as a partition does: no reset, no FIN), `delay(ms)` slows every chunk,
- * `heal()` goes back to forwarding (held data is dropped, as a partition drops packets).
+ * `heal()` goes back to forwarding. What was sent into the blackhole is delivered on heal, in
+ * order: packets a partition drops are retransmitted by TCP once it heals, so a connection that
+ * outlives a partition carries the same bytes late, never a stream with a hole in it.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
@@ -11,6 +13,8 @@ type Mode = { kind: 'forward' } | { kind: 'blackhole' } | { kind: 'delay'; ms: n
 export class TcpProxy {
   private mode: Mode = { kind: 'forward' };
   private readonly sockets = new Set<Socket>();
+  /** Writes waiting for the blackhole to heal, in the order they were sent. */
+  private readonly held: Array<() => void> = [];
 
   private constructor(
     private readonly server: Server,
@@ -36,15 +40,20 @@ export class TcpProxy {
   }
 
   blackhole(): void {
-    this.mode = { kind: 'blackhole' };
+    this.setMode({ kind: 'blackhole' });
   }
 
   delay(ms: number): void {
-    this.mode = { kind: 'delay', ms };
+    this.setMode({ kind: 'delay', ms });
   }
 
   heal(): void {
-    this.mode = { kind: 'forward' };
+    this.setMode({ kind: 'forward' });
+  }
+
+  private setMode(mode: Mode): void {
+    this.mode = mode;
+    if (mode.kind !== 'blackhole') for (const release of this.held.splice(0)) release();
   }
 
   async stop(): Promise<void> {
@@ -69,17 +78,30 @@ export class TcpProxy {
     // A chunk never overtakes an earlier one, whatever the mode did in between: a TCP stream
     // that arrives out of order is a corrupt stream, not a slow one.
     let lastDue = 0;
-    from.on('data', (chunk) => {
+    let blocked: Buffer[] | null = null;
+    const write = (chunk: Buffer) => {
+      if (this.mode.kind === 'blackhole') {
+        if (!blocked) {
+          blocked = [];
+          this.held.push(() => {
+            const chunks = blocked ?? [];
+            blocked = null;
+            for (const c of chunks) write(c);
+          });
+        }
+        blocked.push(chunk);
+      } else if (!to.destroyed) {
+        to.write(chunk);
+      }
+    };
+    from.on('data', (chunk: Buffer) => {
+      if (blocked) return void blocked.push(chunk);
       const mode = this.mode;
-      if (mode.kind === 'blackhole') return;
       const now = performance.now();
       const due = Math.max(now + (mode.kind === 'delay' ? mode.ms : 0), lastDue);
       lastDue = due;
-      const write = () => {
-        if (this.mode.kind !== 'blackhole' && !to.destroyed) to.write(chunk);
-      };
-      if (due <= now) write();
-      else setTimeout(write, due - now);
+      if (due <= now) write(chunk);
+      else setTimeout(() => (blocked ? blocked.push(chunk) : write(chunk)), due - now);
     });
   }
 }

@@ -1,0 +1,152 @@
+/**
+ * The long chaos run: randomised faults against three sidecars on a real backend, one server and
+ * a 3-server cluster, with the split-brain checker reading every hook record.
+ *
+ *   npm run chaos -- --backend etcd --trials 200 [--topology single|cluster|both] [--seed N]
+ *
+ * Prints a table (trials, faults by kind, overlaps, lost promotions, failover p50/p99/max per
+ * fault kind), writes it to bench/results/chaos-<date>-<backend>.md, and exits 1 unless there
+ * were no overlaps, no lost hook notifications and every recovery came within its bound.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { BACKENDS, TOPOLOGIES, serverCount, startDeployment, type BackendName, type Topology } from '../test/chaos/deployments.js';
+import { FAULTS, runTrial, seededRandom, type TrialResult } from '../test/chaos/faults.js';
+import { ChaosWorld } from '../test/chaos/world.js';
+import { Sidecar } from '../test/harness/sidecar.js';
+import { machine, percentile, today } from './report.js';
+
+const USAGE = 'usage: npm run chaos -- --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--seed N]';
+
+interface Failure {
+  topology: Topology;
+  kind: string;
+  error: string;
+}
+
+function options() {
+  const { values } = parseArgs({
+    options: {
+      backend: { type: 'string' },
+      trials: { type: 'string', default: '200' },
+      topology: { type: 'string', default: 'both' },
+      seed: { type: 'string', default: String(Date.now() % 1e9) },
+      help: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  const backend = values.backend as BackendName;
+  if (!BACKENDS.includes(backend)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
+  const trials = Number(values.trials);
+  if (!Number.isInteger(trials) || trials < 1) throw new Error('--trials must be a positive integer');
+  const topologies: Topology[] =
+    backend === 'local' ? ['single'] : values.topology === 'both' ? [...TOPOLOGIES] : [values.topology as Topology];
+  if (!topologies.every((t) => TOPOLOGIES.includes(t))) throw new Error('--topology must be single, cluster or both');
+  const seed = Number(values.seed);
+  if (!Number.isInteger(seed)) throw new Error('--seed must be an integer');
+  return { backend, trials, topologies, seed };
+}
+
+async function run(): Promise<number> {
+  const { backend, trials, topologies, seed } = options();
+  const rng = seededRandom(seed);
+  const results: Array<TrialResult & { topology: Topology }> = [];
+  const failures: Failure[] = [];
+  const started = Date.now();
+  for (const [i, topology] of topologies.entries()) {
+    // Split the trials between the topologies; the first takes the odd one.
+    const count = Math.floor(trials / topologies.length) + (i < trials % topologies.length ? 1 : 0);
+    const faults = FAULTS.filter((f) => f.applies(serverCount(backend, topology)));
+    const world = await ChaosWorld.start(await startDeployment(backend, topology));
+    try {
+      await world.settle(30000);
+      for (let n = 0; n < count; n++) {
+        const fault = faults[Math.floor(rng() * faults.length)]!;
+        try {
+          const result = await runTrial(world, fault, rng);
+          results.push({ ...result, topology });
+          const failover = result.failoverMs === null ? 'kept' : `${Math.round(result.failoverMs)} ms`;
+          const problems = [...result.violations, ...result.lost.map((l) => `lost ${l}`)];
+          console.error(`${backend} ${topology} #${n + 1}/${count} ${fault.kind}: ${failover}${problems.length ? ` PROBLEMS: ${problems.join('; ')}` : ''}`);
+        } catch (error) {
+          failures.push({ topology, kind: fault.kind, error: (error as Error).message });
+          console.error(`${backend} ${topology} #${n + 1}/${count} ${fault.kind}: FAILED ${(error as Error).message}`);
+          // Give the world one long chance to settle before the next trial; if it cannot, stop.
+          world.clearHookFaults();
+          for (const node of world.nodes) if (!node.sidecar) await world.launch(node);
+          await world.settle(120000);
+        }
+      }
+    } finally {
+      await world.stop();
+      await Sidecar.killAll();
+    }
+  }
+  const report = render(backend, seed, results, failures, (Date.now() - started) / 1000);
+  console.log(report);
+  mkdirSync(new URL('./results/', import.meta.url), { recursive: true });
+  const file = new URL(`./results/chaos-${today()}-${backend}.md`, import.meta.url);
+  writeFileSync(file, report);
+  console.error(`written to ${file.pathname}`);
+  const overlaps = results.reduce((sum, r) => sum + r.violations.length, 0);
+  const lost = results.reduce((sum, r) => sum + r.lost.length, 0);
+  return overlaps === 0 && lost === 0 && failures.length === 0 ? 0 : 1;
+}
+
+function render(
+  backend: BackendName,
+  seed: number,
+  results: ReadonlyArray<TrialResult & { topology: Topology }>,
+  failures: readonly Failure[],
+  seconds: number,
+): string {
+  const ms = (v: number | undefined) => (v === undefined ? '-' : `${Math.round(v)}`);
+  const overlaps = results.flatMap((r) => r.violations);
+  const lost = results.flatMap((r) => r.lost);
+  const stale = results.flatMap((r) => r.staleWindowsMs);
+  const late = results.filter((r) => r.recoveryMs > r.boundMs);
+  const lines = [
+    `## Chaos: ${backend}`,
+    '',
+    `${results.length + failures.length} trials (seed ${seed}, ${Math.round(seconds)} s), three sidecars, on ${machine()}.`,
+    '',
+    '| | |',
+    '|---|---|',
+    `| trials | ${results.length + failures.length} |`,
+    `| overlaps (must be 0) | ${overlaps.length} |`,
+    `| lost promotions or demotes (must be 0) | ${lost.length} |`,
+    `| recoveries over the bound or failed (must be 0) | ${late.length + failures.length} |`,
+    `| stale windows after a thaw, fenced by a larger token | ${stale.length} (max ${ms(Math.max(0, ...stale))} ms) |`,
+    '',
+    '| fault | topology | trials | new primary | failover p50 ms | p99 ms | max ms |',
+    '|---|---|---:|---:|---:|---:|---:|',
+  ];
+  for (const fault of FAULTS) {
+    for (const topology of TOPOLOGIES) {
+      const mine = results.filter((r) => r.kind === fault.kind && r.topology === topology);
+      const failed = failures.filter((f) => f.kind === fault.kind && f.topology === topology).length;
+      if (mine.length + failed === 0) continue;
+      const failovers = mine.flatMap((r) => (r.failoverMs === null ? [] : [r.failoverMs])).sort((a, b) => a - b);
+      lines.push(
+        `| ${fault.description} | ${topology} | ${mine.length + failed} | ${failovers.length} | ${ms(percentile(failovers, 50))} | ${ms(percentile(failovers, 99))} | ${ms(failovers.at(-1))} |`,
+      );
+    }
+  }
+  lines.push('', '"failover" is from the fault\'s start to the first promote hook of a new term; "new primary" counts the trials that had one.');
+  for (const problem of [...overlaps, ...lost.map((l) => `lost ${l}`), ...failures.map((f) => `${f.topology} ${f.kind}: ${f.error}`)]) {
+    lines.push(`- ${problem}`);
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+run().then(
+  (code) => process.exit(code),
+  (error: Error) => {
+    console.error(`chaos: ${error.message}\n${USAGE}`);
+    process.exit(2);
+  },
+);

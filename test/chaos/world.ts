@@ -1,0 +1,242 @@
+/**
+ * A chaos world: N sidecars (separate processes) in one election on a real deployment, each
+ * reaching its server through a TCP proxy of its own, all writing their promote and demote hook
+ * records into one log that the harness also writes what it did to them (killed, frozen, thawed).
+ * A trial injects one fault, waits until the election has settled again, and checks the log.
+ */
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { TcpProxy } from '../harness/proxy.js';
+import { Sidecar, type RoleBody } from '../harness/sidecar.js';
+import { check, termsOf, type HookRecord } from '../overlap.js';
+import type { Deployment } from './deployments.js';
+
+const CHAOS_HOOK = fileURLToPath(new URL('../fixtures/chaos-hook.mjs', import.meta.url));
+
+export interface Node {
+  readonly id: string;
+  /** Index of the server this node's sidecar reaches, through `proxy`; -1 on the local backend. */
+  readonly server: number;
+  readonly proxy: TcpProxy | null;
+  sidecar: Sidecar | null;
+}
+
+export interface Settlement {
+  primary: Node;
+  token: number;
+  /** Hook notifications that never came: a primary never told to promote, a replica never told to demote. */
+  lost: string[];
+}
+
+/** The host's monotonic clock in ms, the one the hooks stamp their records with. */
+export function monotonicNow(): number {
+  return Number(process.hrtime.bigint() / 1000n) / 1000;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Polls `condition` every 50 ms until it holds (true) or `timeoutMs` has passed (false): for state with no event to wait on, such as a file other processes append to. */
+async function until(condition: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) return false;
+    await sleep(50);
+  }
+  return true;
+}
+
+export class ChaosWorld {
+  /** Sidecars that exited without the harness asking them to. */
+  readonly crashes: string[] = [];
+  private readonly expectedExits = new Set<Sidecar>();
+
+  private constructor(
+    readonly deployment: Deployment,
+    readonly nodes: readonly Node[],
+    private readonly election: string,
+    private readonly log: string,
+    private readonly control: string,
+  ) {}
+
+  /** Starts `size` sidecars on the deployment, node i reaching server i mod the server count. */
+  static async start(deployment: Deployment, size = 3): Promise<ChaosWorld> {
+    const dir = mkdtempSync(join(tmpdir(), `leaderd-chaos-${deployment.backend}-`));
+    const control = join(dir, 'control');
+    mkdirSync(control);
+    const tag = `${deployment.backend}-${deployment.topology}-${Date.now().toString(36)}`;
+    const nodes: Node[] = [];
+    for (let i = 0; i < size; i++) {
+      const server = deployment.servers.length > 0 ? i % deployment.servers.length : -1;
+      const proxy = server >= 0 ? await TcpProxy.start(deployment.servers[server]!.address) : null;
+      nodes.push({ id: `${tag}-n${i + 1}`, server, proxy, sidecar: null });
+    }
+    const world = new ChaosWorld(deployment, nodes, `chaos-${tag}`, join(dir, 'hooks.log'), control);
+    await Promise.all(nodes.map((n) => world.launch(n)));
+    return world;
+  }
+
+  get leaseMs(): number {
+    return this.deployment.leaseSeconds * 1000;
+  }
+
+  get ttlMs(): number {
+    return this.deployment.ttlSeconds * 1000;
+  }
+
+  /** Starts (again) a node's sidecar, with the same id and proxy. */
+  async launch(node: Node): Promise<void> {
+    const hook = `${process.execPath} ${CHAOS_HOOK} ${this.log} ${this.control}`;
+    const sidecar = await Sidecar.start(node.id, [
+      ...this.deployment.sidecarArgs(this.election, node.proxy?.address ?? null),
+      '--address', `${node.id}.chaos:5432`,
+      '--on-promote', hook, '--on-demote', hook,
+    ]);
+    node.sidecar = sidecar;
+    void sidecar.exited.then((exit) => {
+      if (!this.expectedExits.has(sidecar)) this.crashes.push(`${node.id} exited on its own (${JSON.stringify(exit)}): ${sidecar.stderr.slice(-500)}`);
+    });
+  }
+
+  /** kill -9; the node's term (if any) ends when it is gone. */
+  async kill(node: Node): Promise<void> {
+    const sidecar = this.running(node);
+    this.expectedExits.add(sidecar);
+    sidecar.signal('SIGKILL');
+    await sidecar.exited;
+    this.note(node, 'killed');
+    node.sidecar = null;
+  }
+
+  /** SIGTERM: the graceful way out (demote hook, then the backend is told). */
+  async terminate(node: Node): Promise<void> {
+    const sidecar = this.running(node);
+    this.expectedExits.add(sidecar);
+    const exit = await sidecar.stop();
+    if (exit.code !== 0) this.crashes.push(`${node.id} exited with ${JSON.stringify(exit)} on SIGTERM: ${sidecar.stderr.slice(-500)}`);
+    node.sidecar = null;
+  }
+
+  /** SIGSTOP for `ms`, then SIGCONT. Frozen time is noted conservatively: from when the process is seen stopped until just before it is continued. */
+  async freeze(node: Node, ms: number): Promise<void> {
+    const sidecar = this.running(node);
+    sidecar.signal('SIGSTOP');
+    await until(() => processState(sidecar.pid) === 'T', 5000);
+    this.note(node, 'frozen');
+    await sleep(ms);
+    this.note(node, 'thawed');
+    sidecar.signal('SIGCONT');
+  }
+
+  /** Makes a node's hooks take `ms` before they exit (0: back to instant). */
+  slowHooks(node: Node, ms: number): void {
+    writeFileSync(join(this.control, `${node.id}.delay`), String(ms));
+  }
+
+  /** Makes a node's next promote hook fail. */
+  failNextPromote(node: Node): void {
+    writeFileSync(join(this.control, `${node.id}.fail-promote`), '');
+  }
+
+  /** Hooks back to instant success. */
+  clearHookFaults(): void {
+    for (const file of readdirSync(this.control)) rmSync(join(this.control, file));
+  }
+
+  records(): HookRecord[] {
+    if (!existsSync(this.log)) return [];
+    return readFileSync(this.log, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as HookRecord);
+  }
+
+  check(): ReturnType<typeof check> {
+    return check(this.records());
+  }
+
+  /**
+   * Waits until every node runs, exactly one is primary and all others name it with its token,
+   * and the hook log agrees: the primary's term is the only one open, with that token.
+   */
+  async settle(timeoutMs: number): Promise<Settlement> {
+    const group = this.nodes.map((n) => this.running(n));
+    const abort = new AbortController();
+    let state: RoleBody;
+    try {
+      state = await Promise.any(group.map((s) => s.waitForRole('primary', timeoutMs, abort.signal)));
+    } catch (error) {
+      throw new Error(`no primary within ${timeoutMs} ms: ${(error as AggregateError).errors?.map(String).join('; ') ?? error}`);
+    } finally {
+      abort.abort();
+    }
+    const primary = this.nodes.find((n) => n.id === state.id)!;
+    const token = state.fencingToken!;
+    await Promise.all(
+      group
+        .filter((s) => s.id !== primary.id)
+        .map((s) => s.waitForState((r) => r.role === 'replica' && r.leader?.id === primary.id && r.fencingToken === token, timeoutMs, `replica of ${primary.id}`)),
+    );
+    const open = () => termsOf(this.records()).terms.filter((t) => t.to === Infinity);
+    const agrees = () => {
+      const terms = open();
+      return terms.length === 1 && terms[0]!.id === primary.id && terms[0]!.token === token;
+    };
+    const lost: string[] = [];
+    if (!(await until(agrees, timeoutMs))) {
+      const terms = open();
+      if (!terms.some((t) => t.id === primary.id && t.token === token)) lost.push(`promotion of ${primary.id} (token ${token})`);
+      for (const t of terms.filter((t) => t.id !== primary.id || t.token !== token)) lost.push(`demote of ${t.id} (token ${t.token})`);
+    }
+    return { primary, token, lost };
+  }
+
+  /** Resolves once some running node is primary with a token of at least `token`. */
+  async anyPrimary(token: number, timeoutMs: number): Promise<void> {
+    const abort = new AbortController();
+    try {
+      await Promise.any(
+        this.nodes
+          .flatMap((n) => (n.sidecar ? [n.sidecar] : []))
+          .map((s) => s.waitForState((r) => r.role === 'primary' && (r.fencingToken ?? 0) >= token, timeoutMs, 'primary', abort.signal)),
+      );
+    } catch {
+      throw new Error(`no primary among the running nodes within ${timeoutMs} ms`);
+    } finally {
+      abort.abort();
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const node of this.nodes) {
+      if (node.sidecar) this.expectedExits.add(node.sidecar);
+      node.sidecar?.signal('SIGCONT');
+      node.sidecar?.signal('SIGKILL');
+      await node.sidecar?.exited;
+      node.sidecar = null;
+      await node.proxy?.stop();
+    }
+    await this.deployment.stop();
+  }
+
+  private running(node: Node): Sidecar {
+    if (!node.sidecar) throw new Error(`${node.id} is not running`);
+    return node.sidecar;
+  }
+
+  private note(node: Node, event: 'killed' | 'frozen' | 'thawed'): void {
+    appendFileSync(this.log, `${JSON.stringify({ LEADERD_ID: node.id, LEADERD_EVENT: event, at: monotonicNow() })}\n`);
+  }
+}
+
+/** The state letter of a process (R running, S sleeping, T stopped...), from /proc. */
+function processState(pid: number): string | undefined {
+  try {
+    return /^\d+ \(.*\) (\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1];
+  } catch {
+    return undefined;
+  }
+}
