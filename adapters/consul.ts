@@ -32,9 +32,6 @@ export interface ConsulOptions {
   readonly lockDelaySeconds: number;
 }
 
-/** Consul refuses session TTLs below 10 s. */
-export const CONSUL_MINIMUM_TTL_SECONDS = 10;
-
 interface KvItem {
   ModifyIndex: number;
   Session?: string;

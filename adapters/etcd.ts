@@ -4,14 +4,16 @@
  * Each session is a lease; its candidacy is the key PREFIX/ELECTION/<lease id in hex>, written
  * with the lease, so it dies with it. Candidates are ordered by create revision and the lowest
  * leads; the leader key's create revision is the fencing token (revisions only grow, cluster
- * wide, and a new candidacy is a new key). Each session watches only three keys: its
- * predecessor (it may become leader when that one goes), the leader (everyone must learn of a
- * new one) and its own (deleted behind its back means the session is lost).
+ * wide, and a new candidacy is a new key). Each session reads the candidates once and then keeps
+ * its copy current from one watch on the election's prefix: a leader change reaches every
+ * replica as a pushed event, so it costs no requests per replica however many there are. A
+ * session reads again only after changing its own candidacy or when the watch fails; our own key
+ * deleted behind our back means the session is lost.
  *
  * The client library's retries, circuit breaker and `lost` event are not used: every request
  * has a deadline, and the core decides what a failure means.
  */
-import { Etcd3, type IKeyValue, type Watcher } from 'etcd3';
+import { Etcd3, type IEvent, type IKeyValue, type Watcher } from 'etcd3';
 import { ExponentialBackoff, noop } from 'cockatiel';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
 import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
@@ -22,9 +24,6 @@ export interface EtcdOptions {
   readonly endpoints: readonly string[];
   readonly prefix: string;
 }
-
-/** etcd raises shorter lease TTLs to about 1.5 × its election timeout (2 s with defaults). */
-export const ETCD_MINIMUM_TTL_SECONDS = 2;
 
 export class EtcdBackend implements Backend {
   readonly kind = 'etcd';
@@ -58,7 +57,11 @@ class EtcdSession implements Session {
   /** The revision at which our candidacy key was known to exist; null while not campaigning. */
   private candidacySince: bigint | null = null;
   private closed = false;
-  private watchers: Watcher[] = [];
+  /** The candidates by key, as of the last read plus every watch event since. */
+  private candidates = new Map<string, IKeyValue>();
+  /** Revision of the last full read: watch events at or below it are already in `candidates`. */
+  private readRevision = 0n;
+  private watcher: Watcher | null = null;
   private syncing: Promise<void> | null = null;
   private syncAgain = false;
 
@@ -154,34 +157,58 @@ class EtcdSession implements Session {
   }
 
   private async syncOnce(): Promise<void> {
-    const { events, log } = this.context;
+    const { log } = this.context;
     while (!this.closed) {
       try {
-        const answer = await this.context.measure('range', () =>
-          this.client.getAll().prefix(this.directory).sort('Create', 'Ascend').options(this.deadline()).exec(),
-        );
+        const answer = await this.context.measure('range', () => this.client.getAll().prefix(this.directory).options(this.deadline()).exec());
         if (this.closed) return;
-        const candidates = answer.kvs;
-        const own = candidates.findIndex((kv) => kv.key.toString() === this.ownKey);
+        const revision = BigInt(answer.header.revision);
+        this.candidates = new Map(answer.kvs.map((kv) => [kv.key.toString(), kv]));
+        this.readRevision = revision;
         // Missing from a read taken after our key was written: deleted behind our back.
         const since = this.candidacySince;
-        if (since !== null && BigInt(answer.header.revision) >= since && own < 0) {
-          events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
+        if (since !== null && revision >= since && !this.candidates.has(this.ownKey)) {
+          this.context.events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
           return;
         }
-        const first = candidates[0];
-        events.view({ leader: first ? this.leaderFrom(first) : null, isSelf: own === 0 });
-        const watched = new Set<string>();
-        if (first) watched.add(first.key.toString());
-        if (own > 0) watched.add(candidates[own - 1]!.key.toString());
-        if (own >= 0) watched.add(this.ownKey);
-        this.watch([...watched], BigInt(answer.header.revision) + 1n);
+        this.report();
+        if (!this.watcher) this.watchFrom(revision + 1n);
         return;
       } catch (error) {
         log.warn({ err: errorMessage(error) }, 'cannot read the election; retrying');
         await sleep(Math.min(this.context.requestTimeoutMs, 500));
       }
     }
+  }
+
+  /** Applies watch events newer than the last read, then reports the view. */
+  private apply(events: readonly IEvent[]): void {
+    if (this.closed) return;
+    for (const { type, kv } of events) {
+      const revision = BigInt(kv.mod_revision);
+      if (revision <= this.readRevision) continue;
+      const key = kv.key.toString();
+      if (type === 'Put') {
+        this.candidates.set(key, kv);
+      } else {
+        this.candidates.delete(key);
+        const since = this.candidacySince;
+        if (key === this.ownKey && since !== null && revision >= since) {
+          this.context.events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
+          return;
+        }
+      }
+    }
+    this.report();
+  }
+
+  /** The lowest create revision leads. */
+  private report(): void {
+    let first: IKeyValue | null = null;
+    for (const kv of this.candidates.values()) {
+      if (!first || BigInt(kv.create_revision) < BigInt(first.create_revision)) first = kv;
+    }
+    this.context.events.view({ leader: first ? this.leaderFrom(first) : null, isSelf: first?.key.toString() === this.ownKey });
   }
 
   private leaderFrom(kv: IKeyValue): Leader {
@@ -198,20 +225,20 @@ class EtcdSession implements Session {
     };
   }
 
-  private watch(keys: string[], fromRevision: bigint): void {
-    this.unwatch();
-    for (const key of keys) {
-      const watcher = this.client.watch().key(key).startRevision(fromRevision.toString()).watcher();
-      watcher.on('delete', () => this.sync());
-      watcher.on('error', (error) => {
-        this.context.log.warn({ err: errorMessage(error), key }, 'watch failed; re-reading the election');
-        this.sync();
-      });
-      this.watchers.push(watcher);
-    }
+  private watchFrom(revision: bigint): void {
+    const watcher = this.client.watch().prefix(this.directory).startRevision(revision.toString()).watcher();
+    watcher.on('data', (response) => this.apply(response.events));
+    watcher.on('error', (error) => {
+      // Compacted past our revision, or refused: start over from a fresh read.
+      this.context.log.warn({ err: errorMessage(error) }, 'watch failed; re-reading the election');
+      if (this.watcher === watcher) this.unwatch();
+      this.sync();
+    });
+    this.watcher = watcher;
   }
 
   private unwatch(): void {
-    for (const watcher of this.watchers.splice(0)) void watcher.cancel().catch(() => undefined);
+    void this.watcher?.cancel().catch(() => undefined);
+    this.watcher = null;
   }
 }

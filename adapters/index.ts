@@ -1,36 +1,36 @@
 /**
  * The coordination services leaderd can campaign in. The core knows none of them; the CLI picks
- * one from this table.
+ * one from this table. Only the chosen adapter is loaded: each brings its client library (gRPC
+ * for etcd, a native addon for ZooKeeper), and a sidecar should pay in memory and start time for
+ * the one it uses.
  */
 import type { Backend } from '../src/backend.js';
 import type { BackendRequirements, Config } from '../src/config.js';
-import { CONSUL_MINIMUM_TTL_SECONDS, ConsulBackend } from './consul.js';
-import { ETCD_MINIMUM_TTL_SECONDS, EtcdBackend } from './etcd.js';
-import { LocalBackend } from './local.js';
-import { ZookeeperBackend } from './zookeeper.js';
 
 interface BackendEntry extends BackendRequirements {
-  create(config: Config): Backend;
+  create(config: Config): Promise<Backend>;
 }
 
 export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
-  local: { minimumTtlSeconds: 1, create: (config) => new LocalBackend(config.local) },
-  etcd: { minimumTtlSeconds: ETCD_MINIMUM_TTL_SECONDS, create: (config) => new EtcdBackend(config.etcd) },
+  local: { minimumTtlSeconds: 1, create: async (config) => new (await import('./local.js')).LocalBackend(config.local) },
+  // etcd raises shorter lease TTLs to about 1.5 × its election timeout (2 s with defaults).
+  etcd: { minimumTtlSeconds: 2, create: async (config) => new (await import('./etcd.js')).EtcdBackend(config.etcd) },
   zookeeper: {
     // The server's real bounds (2 to 20 tickTimes) are checked when the session opens.
     minimumTtlSeconds: 1,
     // A follower reports session activity to the ensemble leader a little later than it sees it:
     // stepping down at half the session timeout keeps a wide margin before the leader expires it.
     renewDeadlineFraction: 1 / 2,
-    create: (config) => new ZookeeperBackend(config.zookeeper),
+    create: async (config) => new (await import('./zookeeper.js')).ZookeeperBackend(config.zookeeper),
   },
   consul: {
-    minimumTtlSeconds: CONSUL_MINIMUM_TTL_SECONDS,
-    create: (config) => new ConsulBackend({ ...config.consul, sessionTtlSeconds: config.ttlSeconds }),
+    // Consul refuses session TTLs below 10 s.
+    minimumTtlSeconds: 10,
+    create: async (config) => new (await import('./consul.js')).ConsulBackend({ ...config.consul, sessionTtlSeconds: config.ttlSeconds }),
   },
 };
 
-export function createBackend(config: Config): Backend {
+export function createBackend(config: Config): Promise<Backend> {
   const entry = BACKENDS[config.backend];
   if (!entry) throw new Error(`unknown backend ${config.backend}`);
   return entry.create(config);

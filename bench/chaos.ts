@@ -16,7 +16,7 @@ import { ChaosWorld } from '../test/chaos/world.js';
 import { Sidecar } from '../test/harness/sidecar.js';
 import { machine, percentile, today } from './report.js';
 
-const USAGE = 'usage: npm run chaos -- --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--seed N]';
+const USAGE = 'usage: npm run chaos -- --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--seed N] [--fault KIND]';
 
 interface Failure {
   topology: Topology;
@@ -31,6 +31,7 @@ function options() {
       trials: { type: 'string', default: '200' },
       topology: { type: 'string', default: 'both' },
       seed: { type: 'string', default: String(Date.now() % 1e9) },
+      fault: { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -48,11 +49,13 @@ function options() {
   if (!topologies.every((t) => TOPOLOGIES.includes(t))) throw new Error('--topology must be single, cluster or both');
   const seed = Number(values.seed);
   if (!Number.isInteger(seed)) throw new Error('--seed must be an integer');
-  return { backend, trials, topologies, seed };
+  const only = values.fault;
+  if (only !== undefined && !FAULTS.some((f) => f.kind === only)) throw new Error(`--fault must be one of ${FAULTS.map((f) => f.kind).join(', ')}`);
+  return { backend, trials, topologies, seed, only };
 }
 
 async function run(): Promise<number> {
-  const { backend, trials, topologies, seed } = options();
+  const { backend, trials, topologies, seed, only } = options();
   const rng = seededRandom(seed);
   const results: Array<TrialResult & { topology: Topology }> = [];
   const failures: Failure[] = [];
@@ -60,7 +63,7 @@ async function run(): Promise<number> {
   for (const [i, topology] of topologies.entries()) {
     // Split the trials between the topologies; the first takes the odd one.
     const count = Math.floor(trials / topologies.length) + (i < trials % topologies.length ? 1 : 0);
-    const faults = FAULTS.filter((f) => f.applies(serverCount(backend, topology)));
+    const faults = FAULTS.filter((f) => f.applies(serverCount(backend, topology)) && (only === undefined || f.kind === only));
     const world = await ChaosWorld.start(await startDeployment(backend, topology));
     try {
       await world.settle(30000);
@@ -72,6 +75,7 @@ async function run(): Promise<number> {
           const failover = result.failoverMs === null ? 'kept' : `${Math.round(result.failoverMs)} ms`;
           const problems = [...result.violations, ...result.lost.map((l) => `lost ${l}`)];
           console.error(`${backend} ${topology} #${n + 1}/${count} ${fault.kind}: ${failover}${problems.length ? ` PROBLEMS: ${problems.join('; ')}` : ''}`);
+          if (problems.length) console.error(`  the nodes' logs: ${world.dumpLogs()}`);
         } catch (error) {
           failures.push({ topology, kind: fault.kind, error: (error as Error).message });
           console.error(`${backend} ${topology} #${n + 1}/${count} ${fault.kind}: FAILED ${(error as Error).message}`);

@@ -42,7 +42,7 @@ async function run(config: Config): Promise<void> {
     renewIntervalMs: (config.leaseSeconds * 1000) / 3,
     renewDeadlineMs: config.renewDeadlineSeconds * 1000,
   };
-  const backend = createBackend(config);
+  const backend = await createBackend(config);
   let exiting = false;
   const shutdown = async (code: number, reason: string) => {
     if (exiting) return;

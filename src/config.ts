@@ -65,6 +65,11 @@ export interface BackendRequirements {
   readonly renewDeadlineFraction?: number;
 }
 
+/** The renew deadline as a fraction of the lease: the backend's own, or 2/3. */
+export function renewDeadlineFraction(requirements: BackendRequirements): number {
+  return requirements.renewDeadlineFraction ?? 2 / 3;
+}
+
 export interface Config {
   readonly backend: string;
   readonly election: string;
@@ -306,7 +311,7 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   }
   const lease = onConsul ? c['consul-check-ttl'] : c.ttl;
   const leaseName = onConsul ? 'consul-check-ttl' : 'ttl';
-  const renewDeadline = c['renew-deadline'] ?? lease * (requirements.renewDeadlineFraction ?? 2 / 3);
+  const renewDeadline = c['renew-deadline'] ?? lease * renewDeadlineFraction(requirements);
   if (renewDeadline >= lease) throw new ConfigError(`renew-deadline: must be below ${leaseName} (${renewDeadline} s >= ${lease} s)`);
   if (renewDeadline <= lease / 3) {
     throw new ConfigError(`renew-deadline: must be above the renew interval ${leaseName}/3 (${renewDeadline} s <= ${round(lease / 3)} s)`);

@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { conformance, newElection, settled } from './conformance.js';
+import { conformance, histogramCount, newElection, settled } from './conformance.js';
 import { EtcdServer } from './harness/etcd.js';
 import { Sidecar } from './harness/sidecar.js';
 
@@ -50,5 +50,19 @@ describe('etcd: backend specifics', () => {
     const result = await runLeaderd(['--backend', 'etcd', '--etcd-endpoints', etcd.clientUrl, '--ttl', '1']);
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/ttl: 1 s is below the etcd backend's minimum of 2 s/);
+  });
+
+  it('ten candidates and a leader change: the replicas learn it from their watch, without reading the election again', async () => {
+    const election = newElection();
+    const group = await Promise.all(Array.from({ length: 10 }, (_, i) => Sidecar.start(`etcd-fanout-${i}`, args(election))));
+    const before = await settled(group, 15000);
+    const reads = (s: Sidecar) => histogramCount(s, 'leaderd_backend_request_duration_seconds', { operation: 'range' });
+    const rest = before.replicas;
+    const readsBefore = await Promise.all(rest.map(reads));
+
+    await before.primary.stop();
+    const after = await settled(rest, 10000);
+    expect(after.state.fencingToken).toBeGreaterThan(before.state.fencingToken!);
+    expect(await Promise.all(rest.map(reads))).toEqual(readsBefore);
   });
 });

@@ -67,4 +67,16 @@ describe('the overlap checker', () => {
     const beforeFreeze = [r('a', 'promote', 1, 0), r('b', 'promote', 2, 50), did('a', 'frozen', 100), did('a', 'thawed', 5000), r('a', 'demote', 1, 5080)];
     expect(violations(beforeFreeze).length).toBeGreaterThan(0);
   });
+
+  it('fences a successor that promotes just after the thaw only if the freeze could have let the deadline pass', () => {
+    const records = [
+      r('a', 'promote', 1, 0),
+      did('a', 'frozen', 1000),
+      did('a', 'thawed', 2500),
+      r('b', 'promote', 2, 2520),
+      r('a', 'demote', 1, 2600),
+    ];
+    expect(check(records, { minExpiringFreezeMs: 1000 })).toMatchObject({ violations: [], staleWindowsMs: [100] });
+    expect(check(records, { minExpiringFreezeMs: 2000 }).violations).toHaveLength(1);
+  });
 });

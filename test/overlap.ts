@@ -9,9 +9,10 @@
  * it). While a node is frozen it can do nothing, primary or not, so frozen time is cut out of its
  * terms. What is left of a term after a thaw, until its demote, is a *stale window*: the node
  * learns on waking that its deadline has passed, but its application hears so only when the
- * demote hook starts. Such a window is allowed (and reported) only if it is short and every term
- * it overlaps began while the node was frozen and holds a larger fencing token, so that anything
- * the stale primary still sends is refused by token. Anything else that overlaps is a violation.
+ * demote hook starts. Such a window is allowed (and reported) only if the freeze was long enough
+ * to have let the node's deadline pass, the window is short, and every term it overlaps began
+ * after the freeze began and holds a larger fencing token, so that anything the stale primary
+ * still sends is refused by token. Anything else that overlaps is a violation.
  */
 export interface HookRecord {
   /** promote, demote, leader-change, or the harness's killed, frozen, thawed. */
@@ -106,18 +107,27 @@ function actingParts(term: Term): ActingPart[] {
   return parts;
 }
 
-/** A stale window the fencing token covers: short, right after a thaw, and `other` began during that freeze with a larger token. */
-function fencedStale(term: Term, { part, after }: ActingPart, other: Term): boolean {
+export interface CheckOptions {
+  /**
+   * The shortest freeze that can let a node's deadline pass: its renew deadline minus its renew
+   * interval (the last renewal may have been sent just before the freeze). Shorter freezes excuse
+   * nothing. Default 0.
+   */
+  minExpiringFreezeMs?: number;
+}
+
+/** A stale window the fencing token covers: short, right after a freeze that could expire the lease, `other` begun since with a larger token. */
+function fencedStale(term: Term, { part, after }: ActingPart, other: Term, minExpiringFreezeMs: number): boolean {
   return (
     after !== null &&
+    after[1] - after[0] >= minExpiringFreezeMs &&
     part[1] - part[0] <= STALE_WINDOW_BOUND_MS &&
     other.token > term.token &&
-    after[0] <= other.from &&
-    other.from < after[1]
+    after[0] <= other.from
   );
 }
 
-export function check(records: readonly HookRecord[]): Verdict {
+export function check(records: readonly HookRecord[], { minExpiringFreezeMs = 0 }: CheckOptions = {}): Verdict {
   const { terms, problems } = termsOf(records);
   const found = [...problems];
   const stale = new Set<ActingPart>();
@@ -131,8 +141,8 @@ export function check(records: readonly HookRecord[]): Verdict {
       for (const pa of parts.get(a)!) {
         for (const pb of parts.get(later)!) {
           if (!(pa.part[0] < pb.part[1] && pb.part[0] < pa.part[1])) continue;
-          if (fencedStale(a, pa, later)) stale.add(pa);
-          else if (fencedStale(later, pb, a)) stale.add(pb);
+          if (fencedStale(a, pa, later, minExpiringFreezeMs)) stale.add(pa);
+          else if (fencedStale(later, pb, a, minExpiringFreezeMs)) stale.add(pb);
           else {
             found.push(
               `${later.id} (token ${later.token}) promoted at ${later.from} while ${a.id} (token ${a.token}) was primary until ${a.to}` +

@@ -8,6 +8,8 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readd
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BACKENDS } from '../../adapters/index.js';
+import { renewDeadlineFraction } from '../../src/config.js';
 import { TcpProxy } from '../harness/proxy.js';
 import { Sidecar, type RoleBody } from '../harness/sidecar.js';
 import { check, termsOf, type HookRecord } from '../overlap.js';
@@ -146,6 +148,14 @@ export class ChaosWorld {
     for (const file of readdirSync(this.control)) rmSync(join(this.control, file));
   }
 
+  /** Writes every node's log so far (and the hook log) next to the hook log, for a post-mortem; returns the file. */
+  dumpLogs(): string {
+    const file = `${this.log}.${Date.now()}.nodes.json`;
+    const logs = Object.fromEntries(this.nodes.map((n) => [n.id, n.sidecar?.logs ?? []]));
+    writeFileSync(file, JSON.stringify({ logs, hooks: this.records() }, null, 1));
+    return file;
+  }
+
   records(): HookRecord[] {
     if (!existsSync(this.log)) return [];
     return readFileSync(this.log, 'utf8')
@@ -154,44 +164,43 @@ export class ChaosWorld {
       .map((line) => JSON.parse(line) as HookRecord);
   }
 
+  /** The split-brain check over the whole log so far. */
   check(): ReturnType<typeof check> {
-    return check(this.records());
+    // The deadline is renew-deadline after the last renewal sent, and renewals go out every
+    // lease/3: a freeze shorter than the difference cannot have let it pass.
+    const fraction = renewDeadlineFraction(BACKENDS[this.deployment.backend]!);
+    return check(this.records(), { minExpiringFreezeMs: this.leaseMs * (fraction - 1 / 3) });
   }
 
   /**
    * Waits until every node runs, exactly one is primary and all others name it with its token,
-   * and the hook log agrees: the primary's term is the only one open, with that token.
+   * and the hook log agrees: the primary's term is the only one open, with that token. The roles
+   * are read again each time (a node may be primary for a moment and resign), so only an
+   * agreement that holds when looked at is accepted. If the roles agree but the log never does,
+   * the difference is reported as lost hook notifications.
    */
   async settle(timeoutMs: number): Promise<Settlement> {
-    const group = this.nodes.map((n) => this.running(n));
-    const abort = new AbortController();
-    let state: RoleBody;
-    try {
-      state = await Promise.any(group.map((s) => s.waitForRole('primary', timeoutMs, abort.signal)));
-    } catch (error) {
-      throw new Error(`no primary within ${timeoutMs} ms: ${(error as AggregateError).errors?.map(String).join('; ') ?? error}`);
-    } finally {
-      abort.abort();
+    const deadline = Date.now() + timeoutMs;
+    let roles: Array<RoleBody | null> = [];
+    for (;;) {
+      roles = await Promise.all(this.nodes.map((n) => this.running(n).role().catch(() => null)));
+      const primaries = roles.filter((r) => r?.role === 'primary');
+      const primary = primaries.length === 1 ? this.nodes.find((n) => n.id === primaries[0]!.id)! : null;
+      const token = primaries[0]?.fencingToken ?? null;
+      const agreed =
+        primary !== null &&
+        roles.every((r) => r !== null && r.fencingToken === token && r.leader?.id === primary.id && (r.role === 'replica' || r.id === primary.id));
+      const open = agreed ? termsOf(this.records()).terms.filter((t) => t.to === Infinity) : [];
+      if (agreed && open.length === 1 && open[0]!.id === primary.id && open[0]!.token === token) return { primary, token: token!, lost: [] };
+      if (Date.now() > deadline) {
+        if (!agreed) throw new Error(`no settled election within ${timeoutMs} ms: ${JSON.stringify(roles.map((r) => r && [r.id, r.role, r.leader?.id, r.fencingToken]))}`);
+        const lost: string[] = [];
+        if (!open.some((t) => t.id === primary.id && t.token === token)) lost.push(`promotion of ${primary.id} (token ${token})`);
+        for (const t of open.filter((t) => t.id !== primary.id || t.token !== token)) lost.push(`demote of ${t.id} (token ${t.token})`);
+        return { primary, token: token!, lost };
+      }
+      await sleep(50);
     }
-    const primary = this.nodes.find((n) => n.id === state.id)!;
-    const token = state.fencingToken!;
-    await Promise.all(
-      group
-        .filter((s) => s.id !== primary.id)
-        .map((s) => s.waitForState((r) => r.role === 'replica' && r.leader?.id === primary.id && r.fencingToken === token, timeoutMs, `replica of ${primary.id}`)),
-    );
-    const open = () => termsOf(this.records()).terms.filter((t) => t.to === Infinity);
-    const agrees = () => {
-      const terms = open();
-      return terms.length === 1 && terms[0]!.id === primary.id && terms[0]!.token === token;
-    };
-    const lost: string[] = [];
-    if (!(await until(agrees, timeoutMs))) {
-      const terms = open();
-      if (!terms.some((t) => t.id === primary.id && t.token === token)) lost.push(`promotion of ${primary.id} (token ${token})`);
-      for (const t of terms.filter((t) => t.id !== primary.id || t.token !== token)) lost.push(`demote of ${t.id} (token ${t.token})`);
-    }
-    return { primary, token, lost };
   }
 
   /** Resolves once some running node is primary with a token of at least `token`. */
