@@ -15,7 +15,7 @@ import { EtcdServer, ensureEtcdInstalled } from '../test/harness/etcd.js';
 import { Sidecar } from '../test/harness/sidecar.js';
 import { aptInstall, runs } from '../test/harness/system.js';
 import { ZookeeperServer, ensureZookeeperInstalled } from '../test/harness/zookeeper.js';
-import { monotonicNow, sleep } from '../test/chaos/world.js';
+import { monotonicNow, sleep, until } from '../test/chaos/world.js';
 import { Arrivals, consulLockContender, etcdctlContender, leaderdContender, type Contender } from './contenders.js';
 import { machine, percentile, today } from './report.js';
 
@@ -55,13 +55,9 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   ]);
 }
 
-/** Polls `probe` every 50 ms until it holds: for state with no event to wait on (another tool's candidacy). */
-async function until(probe: () => Promise<boolean>, ms: number, what: string): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await probe().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await sleep(50);
-  }
+/** Waits for another tool's state (its candidacy), which has no event to wait on. */
+async function polled(probe: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  if (!(await until(probe, ms))) throw new Error(`${what}: not within ${ms} ms`);
 }
 
 interface Election {
@@ -116,7 +112,7 @@ function etcdctlElection(servers: Servers): Election {
   return {
     make: async (name) => etcdctlContender(servers.etcd.clientUrl, election, name),
     // Its candidacy is a key under the election's prefix, one per contender still in the race.
-    standing: () => until(async () => (await servers.etcd.keys(`${election}/`)).length >= 2, 10000, 'etcdctl candidacy'),
+    standing: () => polled(async () => (await servers.etcd.keys(`${election}/`)).length >= 2, 10000, 'etcdctl candidacy'),
   };
 }
 
@@ -127,7 +123,7 @@ function consulLockElection(servers: Servers, arrivals: Arrivals): Election {
     make: async (name) => consulLockContender(servers.consulBinary, httpAddr, arrivals, prefix, name),
     // It waits for the lock holding a session named after it.
     standing: (c) =>
-      until(
+      polled(
         async () => ((await (await fetch(`${httpAddr}/v1/session/list`)).json()) as Array<{ Name: string }>).some((s) => s.Name === c.name),
         10000,
         'consul lock session',

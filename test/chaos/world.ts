@@ -41,10 +41,14 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Polls `condition` every 50 ms until it holds (true) or `timeoutMs` has passed (false): for state with no event to wait on, such as a file other processes append to. */
-async function until(condition: () => boolean, timeoutMs: number): Promise<boolean> {
+/**
+ * Polls `condition` every 50 ms until it holds (true) or `timeoutMs` has passed (false): for state
+ * with no event to wait on, such as a file other processes append to. A condition that throws
+ * counts as not holding yet.
+ */
+export async function until(condition: () => boolean | Promise<boolean>, timeoutMs: number): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
+  while (!(await Promise.resolve().then(condition).catch(() => false))) {
     if (Date.now() > deadline) return false;
     await sleep(50);
   }
