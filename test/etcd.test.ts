@@ -2,6 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { conformance, histogramCount, newElection, settled } from './conformance.js';
 import { EtcdServer } from './harness/etcd.js';
 import { Sidecar } from './harness/sidecar.js';
+import { until } from './chaos/world.js';
 
 const ttlSeconds = 2;
 let etcd: EtcdServer;
@@ -57,6 +58,10 @@ describe('etcd: backend specifics', () => {
     const group = await Promise.all(Array.from({ length: 10 }, (_, i) => Sidecar.start(`etcd-fanout-${i}`, args(election))));
     const before = await settled(group, 15000);
     const reads = (s: Sidecar) => histogramCount(s, 'leaderd_backend_request_duration_seconds', { operation: 'range' });
+    // A session reads the election twice on its own account: when it opens, and after its
+    // campaign (a replica can name the leader after the first). Count from after both.
+    const bothReadsDone = async () => (await Promise.all(group.map(reads))).every((n) => n >= 2);
+    expect(await until(bothReadsDone, 10000)).toBe(true);
     const rest = before.replicas;
     const readsBefore = await Promise.all(rest.map(reads));
 
