@@ -23,6 +23,14 @@ const pick = <T>(rng: Random, items: readonly T[]): T => items[Math.floor(rng() 
 const replicasOf = (world: ChaosWorld, primary: Node) => world.nodes.filter((n) => n !== primary);
 const hasServers = (servers: number) => servers > 0;
 
+/** Stops a server for 0.2-1.5 leases, then starts it again on its data. */
+async function restartServer(world: ChaosWorld, index: number, rng: Random): Promise<void> {
+  const server = world.deployment.servers[index]!;
+  await server.pause();
+  await sleep(between(rng, 0.2, 1.5) * world.leaseMs);
+  await server.resume();
+}
+
 export interface Fault {
   readonly kind: string;
   readonly description: string;
@@ -77,10 +85,7 @@ export const FAULTS: readonly Fault[] = [
     description: 'the server the primary is connected to stopped for 0.2-1.5 leases, then started',
     applies: hasServers,
     async inject(world, primary, rng) {
-      const server = world.deployment.servers[primary.server]!;
-      await server.pause();
-      await sleep(between(rng, 0.2, 1.5) * world.leaseMs);
-      await server.resume();
+      await restartServer(world, primary.server, rng);
       return [];
     },
   },
@@ -91,10 +96,7 @@ export const FAULTS: readonly Fault[] = [
     async inject(world, _primary, rng) {
       const index = await world.deployment.leaderIndex();
       if (index < 0) throw new Error('the backend names no leader');
-      const server = world.deployment.servers[index]!;
-      await server.pause();
-      await sleep(between(rng, 0.2, 1.5) * world.leaseMs);
-      await server.resume();
+      await restartServer(world, index, rng);
       return [];
     },
   },
