@@ -29,9 +29,10 @@ conformance({
   leaseSeconds: checkTtlSeconds,
   args,
   async dedicatedServer() {
-    // A dev agent forgets everything when it stops: sessions come back as new ones.
-    const own = await ConsulAgent.start();
-    return { args: argsFor(() => own.httpAddr), pause: () => own.pause(), resume: () => own.resume(), stop: () => own.stop() };
+    // A single server, not a dev agent: a dev agent forgets its Raft log on restart, and with it
+    // the indexes fencing tokens are made of, so the token after the outage could repeat.
+    const own = await ConsulCluster.start(1);
+    return { args: argsFor(() => own.members[0]!.httpAddr), pause: () => own.pause(0), resume: () => own.resume(0), stop: () => own.stop() };
   },
 });
 
