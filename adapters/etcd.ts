@@ -10,6 +10,12 @@
  * session reads again only after changing its own candidacy or when the watch fails; our own key
  * deleted behind our back means the session is lost.
  *
+ * The watch is created before the read, at the current revision, and the read's revision decides
+ * which of its events are news. The other order (read, then watch from the read's revision)
+ * leaves no gap either, but a watch that starts at a revision already written (our own campaign
+ * lands in between) is caught up by etcd's background loop, every 100 ms: a leader change in
+ * that window reached the replica up to 100 ms late.
+ *
  * The client library's retries, circuit breaker and `lost` event are not used: every request
  * has a deadline, and the core decides what a failure means.
  */
@@ -19,6 +25,10 @@ import type { Backend, Leader, Session, SessionContext } from '../src/backend.js
 import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
+
+/** etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`): some margin. */
+const KEEPALIVE_MS = 6000;
+const KEEPALIVE_TIMEOUT_MS = 3000;
 
 export interface EtcdOptions {
   readonly endpoints: readonly string[];
@@ -33,6 +43,11 @@ export class EtcdBackend implements Backend {
     this.client = new Etcd3({
       hosts: [...options.endpoints],
       dialTimeout: 2000,
+      // A connection that goes silent without a reset (its server host vanished, a lost
+      // conntrack entry) would otherwise carry every request into its own deadline until the
+      // kernel gives up, many minutes later: the node would stay `unknown` all that time. An
+      // unanswered ping closes it, and the next request opens a new one.
+      grpcOptions: { 'grpc.keepalive_time_ms': KEEPALIVE_MS, 'grpc.keepalive_timeout_ms': KEEPALIVE_TIMEOUT_MS },
       // No retries or circuit breaker (the core retries on its own schedule), and watches that
       // come back within a second of etcd returning rather than the library's 30 s backoff.
       faultHandling: {
@@ -59,8 +74,12 @@ class EtcdSession implements Session {
   private closed = false;
   /** The candidates by key, as of the last read plus every watch event since. */
   private candidates = new Map<string, IKeyValue>();
-  /** Revision of the last full read: watch events at or below it are already in `candidates`. */
-  private readRevision = 0n;
+  /**
+   * Revision of the last full read: watch events at or below it are already in `candidates`.
+   * Null until a read follows the current watch; its events wait in `early` until then.
+   */
+  private readRevision: bigint | null = null;
+  private early: IEvent[] = [];
   private watcher: Watcher | null = null;
   private syncing: Promise<void> | null = null;
   private syncAgain = false;
@@ -160,6 +179,7 @@ class EtcdSession implements Session {
     const { log } = this.context;
     while (!this.closed) {
       try {
+        if (!this.watcher) await this.watch();
         const answer = await this.context.measure('range', () => this.client.getAll().prefix(this.directory).options(this.deadline()).exec());
         if (this.closed) return;
         const revision = BigInt(answer.header.revision);
@@ -171,8 +191,9 @@ class EtcdSession implements Session {
           this.context.events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
           return;
         }
-        this.report();
-        if (!this.watcher) this.watchFrom(revision + 1n);
+        const early = this.early;
+        this.early = [];
+        this.apply(early);
         return;
       } catch (error) {
         log.warn({ err: errorMessage(error) }, 'cannot read the election; retrying');
@@ -184,6 +205,10 @@ class EtcdSession implements Session {
   /** Applies watch events newer than the last read, then reports the view. */
   private apply(events: readonly IEvent[]): void {
     if (this.closed) return;
+    if (this.readRevision === null) {
+      this.early.push(...events);
+      return;
+    }
     for (const { type, kv } of events) {
       const revision = BigInt(kv.mod_revision);
       if (revision <= this.readRevision) continue;
@@ -225,8 +250,13 @@ class EtcdSession implements Session {
     };
   }
 
-  private watchFrom(revision: bigint): void {
-    const watcher = this.client.watch().prefix(this.directory).startRevision(revision.toString()).watcher();
+  /**
+   * Watches the election from the current revision; resolves once etcd has created the watch, so
+   * a read after it misses nothing. (On a reconnect the client library resumes the watch from the
+   * last revision it saw.)
+   */
+  private async watch(): Promise<void> {
+    const watcher = this.client.watch().prefix(this.directory).watcher();
     watcher.on('data', (response) => this.apply(response.events));
     watcher.on('error', (error) => {
       // Compacted past our revision, or refused: start over from a fresh read.
@@ -235,10 +265,24 @@ class EtcdSession implements Session {
       this.sync();
     });
     this.watcher = watcher;
+    const created = new Promise<void>((resolve, reject) => {
+      watcher.once('connected', () => resolve());
+      watcher.once('error', reject);
+    });
+    try {
+      await this.context.measure('watch', () => created);
+    } catch (error) {
+      // A watch created later would start at a later revision than a read taken meanwhile.
+      if (this.watcher === watcher) this.unwatch();
+      throw error;
+    }
   }
 
+  /** Ends the watch; its copy of the candidates is no longer kept current. */
   private unwatch(): void {
     void this.watcher?.cancel().catch(() => undefined);
     this.watcher = null;
+    this.readRevision = null;
+    this.early = [];
   }
 }

@@ -11,7 +11,7 @@ import { BACKENDS, createBackend } from '../adapters/index.js';
 import { ConfigError, helpText, parseCommand, type Config } from './config.js';
 import { Elector, errorMessage } from './elector.js';
 import { HookRunner } from './hooks.js';
-import { createApp, listen } from './http.js';
+import { createHttpServer, listen } from './http.js';
 import { createLogger, type Logger } from './log.js';
 import { Metrics } from './metrics.js';
 
@@ -92,7 +92,7 @@ async function run(config: Config): Promise<void> {
   elector.subscribe({ transition: (transition) => hooks.enqueue(transition) });
 
   let server: Server | undefined;
-  const app = createApp({
+  const http = {
     election: config.election,
     id: config.id,
     ttlSeconds: config.ttlSeconds,
@@ -101,9 +101,9 @@ async function run(config: Config): Promise<void> {
     metrics,
     adminToken: config.adminToken,
     log,
-  });
+  };
   try {
-    server = await listen(app, config.http.host, config.http.port);
+    server = await listen(createHttpServer(http), config.http.host, config.http.port);
   } catch (error) {
     process.stderr.write(`leaderd: http: cannot listen on ${config.http.host}:${config.http.port}: ${errorMessage(error)}\n`);
     process.exit(2);

@@ -4,9 +4,15 @@
  * Every answer about the role is computed by `elector.status()` at the moment of answering, so
  * it is as fresh as the lease deadline allows. Errors are JSON with a status code that says
  * what is wrong; nothing a client sends can stop the sidecar from answering the next request.
+ *
+ * The role answers are what applications poll and probes hit, on every node, all the time. The
+ * server gives them straight from a table and hands every other request to express, whose
+ * per-request setup costs several times the answer itself (see the README's HTTP benchmark).
+ * Express serves the same table, so a path the table does not match exactly (`/role/`, `/ROLE`)
+ * gets the same answer, only slower.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { z } from 'zod';
 import type { Elector, Status } from './elector.js';
@@ -33,7 +39,37 @@ const resignBody = z
 /** SSE keep-alive, so proxies and clients see a live stream. */
 const WATCH_KEEPALIVE_MS = 15000;
 
-export function createApp(options: HttpOptions): express.Express {
+interface Answer {
+  readonly status: number;
+  readonly body: unknown;
+}
+
+type RoleAnswers = ReadonlyMap<string, (status: Status) => Answer>;
+
+/** GET and HEAD answers about the role, by path. */
+function roleAnswers(options: HttpOptions): RoleAnswers {
+  const body = (status: Status) => roleBody(options, status);
+  return new Map<string, (status: Status) => Answer>([
+    ['/role', (status) => ({ status: 200, body: body(status) })],
+    ['/primary', (status) => ({ status: status.role === 'primary' ? 200 : 503, body: body(status) })],
+    ['/replica', (status) => ({ status: status.role === 'replica' && status.leader !== null ? 200 : 503, body: body(status) })],
+    ['/healthz', (status) => ({ status: status.alive ? 200 : 503, body: { alive: status.alive } })],
+    ['/', (status) => ({ status: 200, body: { name: status.leader?.id ?? '' } })],
+  ]);
+}
+
+/** The HTTP server: role answers from the table, everything else through express. */
+export function createHttpServer(options: HttpOptions): Server {
+  const answers = roleAnswers(options);
+  const app = createApp(options, answers);
+  return createServer((req, res) => {
+    const answer = req.method === 'GET' || req.method === 'HEAD' ? answers.get(pathOf(req)) : undefined;
+    if (answer) send(res, answer(options.elector.status()));
+    else void app(req, res);
+  });
+}
+
+function createApp(options: HttpOptions, answers: RoleAnswers): express.Express {
   const { elector } = options;
   const app = express();
   app.disable('x-powered-by');
@@ -42,25 +78,7 @@ export function createApp(options: HttpOptions): express.Express {
   const body = (status: Status) => roleBody(options, status);
   const route = (path: string, methods: string[]) => app.all(path, methodNotAllowed(methods));
 
-  app.get('/role', (_req, res) => {
-    res.json(body(elector.status()));
-  });
-  app.get('/primary', (_req, res) => {
-    const status = elector.status();
-    res.status(status.role === 'primary' ? 200 : 503).json(body(status));
-  });
-  app.get('/replica', (_req, res) => {
-    const status = elector.status();
-    const ready = status.role === 'replica' && status.leader !== null;
-    res.status(ready ? 200 : 503).json(body(status));
-  });
-  app.get('/healthz', (_req, res) => {
-    const status = elector.status();
-    res.status(status.alive ? 200 : 503).json({ alive: status.alive });
-  });
-  app.get('/', (_req, res) => {
-    res.json({ name: elector.status().leader?.id ?? '' });
-  });
+  for (const [path, answer] of answers) app.get(path, (_req, res) => send(res, answer(elector.status())));
   app.get('/metrics', async (_req, res) => {
     res.type(options.metrics.registry.contentType).send(await options.metrics.registry.metrics());
   });
@@ -125,9 +143,23 @@ export function roleBody(options: HttpOptions, status: Status) {
   };
 }
 
-export function listen(app: express.Express, host: string, port: number): Promise<Server> {
+/** JSON, as express's res.json sends it; HEAD gets the headers alone (node:http drops the body). */
+function send(res: ServerResponse, { status, body }: Answer): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** The request's path, without its query string. */
+function pathOf(req: IncomingMessage): string {
+  const url = req.url ?? '';
+  const query = url.indexOf('?');
+  return query === -1 ? url : url.slice(0, query);
+}
+
+export function listen(server: Server, host: string, port: number): Promise<Server> {
   return new Promise((resolve, reject) => {
-    const server = app.listen(port, host);
+    server.listen(port, host);
     server.once('listening', () => resolve(server));
     server.once('error', reject);
     // Slow or idle clients must not pin the sidecar's sockets (SSE streams are exempt).

@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { conformance, histogramCount, newElection, settled } from './conformance.js';
 import { EtcdServer } from './harness/etcd.js';
+import { TcpProxy } from './harness/proxy.js';
 import { Sidecar } from './harness/sidecar.js';
 import { until } from './chaos/world.js';
 
@@ -51,6 +52,22 @@ describe('etcd: backend specifics', () => {
     const result = await runLeaderd(['--backend', 'etcd', '--etcd-endpoints', etcd.clientUrl, '--ttl', '1']);
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/ttl: 1 s is below the etcd backend's minimum of 2 s/);
+  });
+
+  it('a connection that goes silent for good is dropped: the primary steps down, reconnects, and leads again', async () => {
+    const proxy = await TcpProxy.start(etcd.clientAddress);
+    try {
+      const node = await Sidecar.start('etcd-wedged', [...args(newElection()).map((a) => (a === etcd.clientUrl ? `http://${proxy.address}` : a))]);
+      const before = await node.waitForRole('primary', 15000);
+      proxy.wedge();
+      await node.waitForRole('unknown', 10000);
+      // Without keepalive pings the wedged connection would be kept until the kernel gave up on
+      // it, many minutes later; with them it is abandoned within seconds.
+      const after = await node.waitForRole('primary', 30000);
+      expect(after.fencingToken).toBeGreaterThan(before.fencingToken!);
+    } finally {
+      await proxy.stop();
+    }
   });
 
   it('ten candidates and a leader change: the replicas learn it from their watch, without reading the election again', async () => {

@@ -69,6 +69,22 @@ describe('HTTP API: bad requests get JSON errors and never hurt the sidecar', ()
     expect(Date.parse(state.since)).not.toBeNaN();
   });
 
+  it('answers a role path with a query string, a trailing slash or in capitals alike, and HEAD with the status alone', async () => {
+    const answers = await Promise.all(['/role', '/role?probe=1', '/role/', '/ROLE'].map((path) => node.fetch(path)));
+    for (const answer of answers) {
+      expect(answer.status).toBe(200);
+      expect(answer.headers.get('content-type')).toBe('application/json; charset=utf-8');
+    }
+    const bodies = await Promise.all(answers.map((a) => a.json()));
+    for (const body of bodies) expect(body).toEqual(bodies[0]);
+
+    const head = await node.fetch('/primary', { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(Number(head.headers.get('content-length'))).toBeGreaterThan(0);
+    expect(await head.text()).toBe('');
+    expect((await node.fetch('/replica', { method: 'HEAD' })).status).toBe(503);
+  });
+
   it('answers the leader-elector sidecar\'s GET / and the liveness probe', async () => {
     expect(await (await node.fetch('/')).json()).toEqual({ name: 'http-node' });
     expect(await (await node.fetch('/healthz')).json()).toEqual({ alive: true });

@@ -64,4 +64,25 @@ describe('the TCP proxy used to cut one sidecar off its backend', () => {
       await proxy.stop();
     }
   });
+
+  it('wedges the connections open now for good, and lets new ones through', async () => {
+    const proxy = await TcpProxy.start(`127.0.0.1:${echoPort}`);
+    const old = await client(proxy);
+    try {
+      proxy.wedge();
+      old.write('lost');
+      expect(await nextChunk(old, 300)).toBeNull();
+      expect(old.destroyed).toBe(false);
+      proxy.heal();
+      expect(await nextChunk(old, 300)).toBeNull();
+
+      const fresh = await client(proxy);
+      fresh.write('new');
+      expect(await nextChunk(fresh, 2000)).toBe('new');
+      fresh.destroy();
+    } finally {
+      old.destroy();
+      await proxy.stop();
+    }
+  });
 });

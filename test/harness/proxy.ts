@@ -5,6 +5,10 @@
  * `heal()` goes back to forwarding. What was sent into the blackhole is delivered on heal, in
  * order: packets a partition drops are retransmitted by TCP once it heals, so a connection that
  * outlives a partition carries the same bytes late, never a stream with a hole in it.
+ *
+ * `wedge()` is the other kind of silence: the connections open now go dead for good, without a
+ * reset, while new ones work (a server host that vanished, a lost conntrack entry). Only a
+ * client that notices the silence on its own and reconnects gets through again.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 
@@ -13,6 +17,8 @@ type Mode = { kind: 'forward' } | { kind: 'blackhole' } | { kind: 'delay'; ms: n
 export class TcpProxy {
   private mode: Mode = { kind: 'forward' };
   private readonly sockets = new Set<Socket>();
+  /** The connections open now, each with whether it has been wedged. */
+  private readonly links = new Set<{ wedged: boolean }>();
   /** Writes waiting for the blackhole to heal, in the order they were sent. */
   private readonly held: Array<() => void> = [];
 
@@ -51,6 +57,11 @@ export class TcpProxy {
     this.setMode({ kind: 'forward' });
   }
 
+  /** The connections open now carry nothing more, in either direction, and stay open. */
+  wedge(): void {
+    for (const link of this.links) link.wedged = true;
+  }
+
   private setMode(mode: Mode): void {
     this.mode = mode;
     if (mode.kind !== 'blackhole') for (const release of this.held.splice(0)) release();
@@ -63,18 +74,21 @@ export class TcpProxy {
 
   private accept(client: Socket, host: string, port: number): void {
     const upstream = connect(port, host);
+    const link = { wedged: false };
+    this.links.add(link);
     for (const socket of [client, upstream]) {
       this.sockets.add(socket);
       socket.on('close', () => this.sockets.delete(socket));
       socket.on('error', () => undefined);
     }
-    this.pipe(client, upstream);
-    this.pipe(upstream, client);
+    this.pipe(client, upstream, link);
+    this.pipe(upstream, client, link);
     client.on('close', () => upstream.destroy());
     upstream.on('close', () => client.destroy());
+    client.on('close', () => this.links.delete(link));
   }
 
-  private pipe(from: Socket, to: Socket): void {
+  private pipe(from: Socket, to: Socket, link: { readonly wedged: boolean }): void {
     // A chunk never overtakes an earlier one, whatever the mode did in between: a TCP stream
     // that arrives out of order is a corrupt stream, not a slow one.
     let lastDue = 0;
@@ -95,6 +109,7 @@ export class TcpProxy {
       }
     };
     from.on('data', (chunk: Buffer) => {
+      if (link.wedged) return;
       if (blocked) return void blocked.push(chunk);
       const mode = this.mode;
       const now = performance.now();
