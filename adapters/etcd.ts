@@ -75,10 +75,11 @@ class EtcdSession implements Session {
   /** The candidates by key, as of the last read plus every watch event since. */
   private candidates = new Map<string, IKeyValue>();
   /**
-   * Revision of the last full read: watch events at or below it are already in `candidates`.
-   * Null until a read follows the current watch; its events wait in `early` until then.
+   * The revision `candidates` is complete through: the last read's, then the last watch event's.
+   * Events at or below it are already in. Null until a read follows the current watch; that
+   * watch's events wait in `early` until then.
    */
-  private readRevision: bigint | null = null;
+  private knownThrough: bigint | null = null;
   private early: IEvent[] = [];
   private watcher: Watcher | null = null;
   private syncing: Promise<void> | null = null;
@@ -183,11 +184,15 @@ class EtcdSession implements Session {
         const answer = await this.context.measure('range', () => this.client.getAll().prefix(this.directory).options(this.deadline()).exec());
         if (this.closed) return;
         const revision = BigInt(answer.header.revision);
-        this.candidates = new Map(answer.kvs.map((kv) => [kv.key.toString(), kv]));
-        this.readRevision = revision;
-        // Missing from a read taken after our key was written: deleted behind our back.
+        // The read and the watch are separate streams: events newer than the read may have been
+        // applied before its answer arrived, and then the copy is already newer than the read.
+        if (this.knownThrough === null || revision >= this.knownThrough) {
+          this.candidates = new Map(answer.kvs.map((kv) => [kv.key.toString(), kv]));
+          this.knownThrough = revision;
+        }
+        // Missing from a copy taken after our key was written: deleted behind our back.
         const since = this.candidacySince;
-        if (since !== null && revision >= since && !this.candidates.has(this.ownKey)) {
+        if (since !== null && this.knownThrough >= since && !this.candidates.has(this.ownKey)) {
           this.context.events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
           return;
         }
@@ -202,16 +207,21 @@ class EtcdSession implements Session {
     }
   }
 
-  /** Applies watch events newer than the last read, then reports the view. */
+  /** Applies the events of one watch answer that are news, then reports the view. */
   private apply(events: readonly IEvent[]): void {
     if (this.closed) return;
-    if (this.readRevision === null) {
+    const known = this.knownThrough;
+    if (known === null) {
       this.early.push(...events);
       return;
     }
+    // One answer holds whole revisions (a transaction's events share one): what is news is
+    // judged against the bound from before the answer.
+    let through = known;
     for (const { type, kv } of events) {
       const revision = BigInt(kv.mod_revision);
-      if (revision <= this.readRevision) continue;
+      if (revision <= known) continue;
+      if (revision > through) through = revision;
       const key = kv.key.toString();
       if (type === 'Put') {
         this.candidates.set(key, kv);
@@ -224,6 +234,7 @@ class EtcdSession implements Session {
         }
       }
     }
+    this.knownThrough = through;
     this.report();
   }
 
@@ -257,7 +268,10 @@ class EtcdSession implements Session {
    */
   private async watch(): Promise<void> {
     const watcher = this.client.watch().prefix(this.directory).watcher();
-    watcher.on('data', (response) => this.apply(response.events));
+    // A watch being cancelled may still deliver: only the current one speaks.
+    watcher.on('data', (response) => {
+      if (this.watcher === watcher) this.apply(response.events);
+    });
     watcher.on('error', (error) => {
       // Compacted past our revision, or refused: start over from a fresh read.
       this.context.log.warn({ err: errorMessage(error) }, 'watch failed; re-reading the election');
@@ -282,7 +296,7 @@ class EtcdSession implements Session {
   private unwatch(): void {
     void this.watcher?.cancel().catch(() => undefined);
     this.watcher = null;
-    this.readRevision = null;
+    this.knownThrough = null;
     this.early = [];
   }
 }
