@@ -92,7 +92,7 @@ async function run(config: Config): Promise<void> {
   elector.subscribe({ transition: (transition) => hooks.enqueue(transition) });
 
   let server: Server | undefined;
-  const http = {
+  const http = createHttpServer({
     election: config.election,
     id: config.id,
     ttlSeconds: config.ttlSeconds,
@@ -101,9 +101,9 @@ async function run(config: Config): Promise<void> {
     metrics,
     adminToken: config.adminToken,
     log,
-  };
+  });
   try {
-    server = await listen(createHttpServer(http), config.http.host, config.http.port);
+    server = await listen(http, config.http.host, config.http.port);
   } catch (error) {
     process.stderr.write(`leaderd: http: cannot listen on ${config.http.host}:${config.http.port}: ${errorMessage(error)}\n`);
     process.exit(2);
