@@ -7,14 +7,20 @@
  * wide, and a new candidacy is a new key). Each session reads the candidates once and then keeps
  * its copy current from one watch on the election's prefix: a leader change reaches every
  * replica as a pushed event, so it costs no requests per replica however many there are. A
- * session reads again only after changing its own candidacy or when the watch fails; our own key
- * deleted behind our back means the session is lost.
+ * session reads again only after changing its own candidacy or when the watch fails or loses its
+ * stream; our own key deleted behind our back means the session is lost.
  *
  * The watch is created before the read, at the current revision, and the read's revision decides
  * which of its events are news. The other order (read, then watch from the read's revision)
  * leaves no gap either, but a watch that starts at a revision already written (our own campaign
  * lands in between) is caught up by etcd's background loop, every 100 ms: a leader change in
- * that window reached the replica up to 100 ms late.
+ * that window reached the replica up to 100 ms late. So a read waits for the watch: when the
+ * watch stream cannot be had, neither can a view, and the core's deadline decides.
+ *
+ * A watch that loses its stream is replaced, with a read, rather than resumed by the client
+ * library: the library resumes from the revision in etcd's answer to the resumed watch, which is
+ * the current one, not the one it resumed from, so events still being caught up when the stream
+ * drops again would be lost.
  *
  * The client library's retries, circuit breaker and `lost` event are not used: every request
  * has a deadline, and the core decides what a failure means.
@@ -181,8 +187,13 @@ class EtcdSession implements Session {
     while (!this.closed) {
       try {
         if (!this.watcher) await this.watch();
+        const watcher = this.watcher;
+        if (this.closed) return;
+        if (!watcher) continue;
         const answer = await this.context.measure('range', () => this.client.getAll().prefix(this.directory).options(this.deadline()).exec());
         if (this.closed) return;
+        // Read under a watch that has since been replaced: the new one needs a read of its own.
+        if (this.watcher !== watcher) continue;
         const revision = BigInt(answer.header.revision);
         // The read and the watch are separate streams: events newer than the read may have been
         // applied before its answer arrived, and then the copy is already newer than the read.
@@ -263,8 +274,7 @@ class EtcdSession implements Session {
 
   /**
    * Watches the election from the current revision; resolves once etcd has created the watch, so
-   * a read after it misses nothing. (On a reconnect the client library resumes the watch from the
-   * last revision it saw.)
+   * a read after it misses nothing.
    */
   private async watch(): Promise<void> {
     const watcher = this.client.watch().prefix(this.directory).watcher();
@@ -272,21 +282,27 @@ class EtcdSession implements Session {
     watcher.on('data', (response) => {
       if (this.watcher === watcher) this.apply(response.events);
     });
-    watcher.on('error', (error) => {
-      // Compacted past our revision, or refused: start over from a fresh read.
-      this.context.log.warn({ err: errorMessage(error) }, 'watch failed; re-reading the election');
-      if (this.watcher === watcher) this.unwatch();
+    const replace = (what: string) => (error: Error) => {
+      if (this.watcher !== watcher) return;
+      this.context.log.warn({ err: errorMessage(error) }, `${what}; watching and reading the election again`);
+      this.unwatch();
       this.sync();
-    });
+    };
+    // Refused, or compacted past our revision; or its stream broke (see the module comment).
+    watcher.on('error', replace('watch failed'));
+    watcher.on('disconnected', replace('watch stream lost'));
+    this.knownThrough = null;
+    this.early = [];
     this.watcher = watcher;
     const created = new Promise<void>((resolve, reject) => {
       watcher.once('connected', () => resolve());
       watcher.once('error', reject);
+      watcher.once('disconnected', reject);
     });
     try {
       await this.context.measure('watch', () => created);
     } catch (error) {
-      // A watch created later would start at a later revision than a read taken meanwhile.
+      // It may still be created later, at whatever revision is current then: cancel it.
       if (this.watcher === watcher) this.unwatch();
       throw error;
     }

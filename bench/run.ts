@@ -425,6 +425,8 @@ const SECTIONS = { handover: handoverSection, crash: crashSection, footprint: fo
 async function main(): Promise<void> {
   const unknown = [...ONLY].filter((name) => !(name in SECTIONS));
   if (unknown.length) throw new Error(`BENCH_ONLY: no section ${unknown.join(', ')}; the sections are ${Object.keys(SECTIONS).join(', ')}`);
+  const unknownBackends = (process.env.BENCH_BACKENDS ?? '').split(',').filter((b) => b && !(ALL_BACKENDS as readonly string[]).includes(b));
+  if (unknownBackends.length) throw new Error(`BENCH_BACKENDS: no backend ${unknownBackends.join(', ')}; the backends are ${ALL_BACKENDS.join(', ')}`);
   const servers = await startServers();
   const arrivals = await Arrivals.start();
   const lines: string[] = [];

@@ -64,8 +64,15 @@ export function createHttpServer(options: HttpOptions): Server {
   const app = createApp(options, answers);
   return createServer((req, res) => {
     const answer = req.method === 'GET' || req.method === 'HEAD' ? answers.get(pathOf(req)) : undefined;
-    if (answer) send(res, answer(options.elector.status()));
-    else void app(req, res);
+    if (answer) {
+      try {
+        return send(res, answer(options.elector.status()));
+      } catch {
+        // Nothing is sent before the answer is whole: express asks again, and answers a failure
+        // as it answers any other (500, logged).
+      }
+    }
+    void app(req, res);
   });
 }
 

@@ -94,6 +94,7 @@ export class TcpProxy {
     let lastDue = 0;
     let blocked: Buffer[] | null = null;
     const write = (chunk: Buffer) => {
+      if (link.wedged) return;
       if (this.mode.kind === 'blackhole') {
         if (!blocked) {
           blocked = [];
