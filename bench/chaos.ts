@@ -3,10 +3,13 @@
  * a 3-server cluster, with the split-brain checker reading every hook record.
  *
  *   npm run chaos -- --backend etcd --trials 200 [--topology single|cluster|both] [--seed N]
+ *                    [--fault KIND] [--dump-slower-than MS]
  *
  * Prints a table (trials, faults by kind, overlaps, lost promotions, failover p50/p99/max per
- * fault kind), writes it to bench/results/chaos-<date>-<backend>.md, and exits 1 unless there
- * were no overlaps, no lost hook notifications and every recovery came within its bound.
+ * fault kind), writes it to bench/results/chaos-<date>-<backend>.md (a run of one fault or one
+ * topology, to bench/tmp/), and exits 1 unless there were no overlaps, no lost hook
+ * notifications and every recovery came within its bound. The nodes' logs are written out for
+ * every trial with a problem, and for every failover slower than --dump-slower-than.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
@@ -16,7 +19,8 @@ import { ChaosWorld } from '../test/chaos/world.js';
 import { Sidecar } from '../test/harness/sidecar.js';
 import { machine, percentile, today } from './report.js';
 
-const USAGE = 'usage: npm run chaos -- --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--seed N] [--fault KIND]';
+const USAGE =
+  'usage: npm run chaos -- --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--seed N] [--fault KIND] [--dump-slower-than MS]';
 
 interface Failure {
   topology: Topology;
@@ -32,6 +36,7 @@ function options() {
       topology: { type: 'string', default: 'both' },
       seed: { type: 'string', default: String(Date.now() % 1e9) },
       fault: { type: 'string' },
+      'dump-slower-than': { type: 'string' },
       help: { type: 'boolean', default: false },
     },
     strict: true,
@@ -51,11 +56,14 @@ function options() {
   if (!Number.isInteger(seed)) throw new Error('--seed must be an integer');
   const only = values.fault;
   if (only !== undefined && !FAULTS.some((f) => f.kind === only)) throw new Error(`--fault must be one of ${FAULTS.map((f) => f.kind).join(', ')}`);
-  return { backend, trials, topologies, seed, only };
+  const dumpSlowerThanMs = values['dump-slower-than'] === undefined ? Infinity : Number(values['dump-slower-than']);
+  if (!(dumpSlowerThanMs >= 0)) throw new Error('--dump-slower-than must be a number of milliseconds');
+  const whole = only === undefined && topologies.length === (backend === 'local' ? 1 : TOPOLOGIES.length);
+  return { backend, trials, topologies, seed, only, dumpSlowerThanMs, whole };
 }
 
 async function run(): Promise<number> {
-  const { backend, trials, topologies, seed, only } = options();
+  const { backend, trials, topologies, seed, only, dumpSlowerThanMs, whole } = options();
   const rng = seededRandom(seed);
   const results: Array<TrialResult & { topology: Topology }> = [];
   const failures: Failure[] = [];
@@ -75,7 +83,7 @@ async function run(): Promise<number> {
           const failover = result.failoverMs === null ? 'kept' : `${Math.round(result.failoverMs)} ms`;
           const problems = [...result.violations, ...result.lost.map((l) => `lost ${l}`)];
           console.error(`${backend} ${topology} #${n + 1}/${count} ${fault.kind}: ${failover}${problems.length ? ` PROBLEMS: ${problems.join('; ')}` : ''}`);
-          if (problems.length) console.error(`  the nodes' logs: ${world.dumpLogs()}`);
+          if (problems.length || (result.failoverMs ?? 0) > dumpSlowerThanMs) console.error(`  the nodes' logs: ${world.dumpLogs()}`);
         } catch (error) {
           failures.push({ topology, kind: fault.kind, error: (error as Error).message });
           console.error(`${backend} ${topology} #${n + 1}/${count} ${fault.kind}: FAILED ${(error as Error).message}`);
@@ -92,8 +100,10 @@ async function run(): Promise<number> {
   }
   const report = render(backend, seed, results, failures, (Date.now() - started) / 1000);
   console.log(report);
-  mkdirSync(new URL('./results/', import.meta.url), { recursive: true });
-  const file = new URL(`./results/chaos-${today()}-${backend}.md`, import.meta.url);
+  // Only a run of every fault on every topology is a result; a narrower one goes to bench/tmp/.
+  const folder = new URL(whole ? './results/' : './tmp/', import.meta.url);
+  mkdirSync(folder, { recursive: true });
+  const file = new URL(`chaos-${today()}-${backend}.md`, folder);
   writeFileSync(file, report);
   console.error(`written to ${file.pathname}`);
   const overlaps = results.reduce((sum, r) => sum + r.violations.length, 0);
