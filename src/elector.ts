@@ -192,6 +192,7 @@ export class Elector {
 
   private rejoin(): void {
     if (this.phase !== 'running') return;
+    this.options.log.info('back in the race');
     this.campaigning = true;
     if (this.session) void this.campaign(this.session);
   }

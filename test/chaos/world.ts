@@ -195,7 +195,10 @@ export class ChaosWorld {
         primary !== null &&
         roles.every((r) => r !== null && r.fencingToken === token && r.leader?.id === primary.id && (r.role === 'replica' || r.id === primary.id));
       const open = agreed ? termsOf(this.records()).terms.filter((t) => t.to === Infinity) : [];
-      if (agreed && open.length === 1 && open[0]!.id === primary.id && open[0]!.token === token) return { primary, token: token!, lost: [] };
+      // A node still held off after a resign (a failed promote) is not a candidate yet: a fault
+      // now would measure the hold-off left over from the trial before, not its own failover.
+      const candidates = this.nodes.every((n) => !n.sidecar || inTheRace(n.sidecar));
+      if (agreed && candidates && open.length === 1 && open[0]!.id === primary.id && open[0]!.token === token) return { primary, token: token!, lost: [] };
       if (Date.now() > deadline) {
         if (!agreed) throw new Error(`no settled election within ${timeoutMs} ms: ${JSON.stringify(roles.map((r) => r && [r.id, r.role, r.leader?.id, r.fencingToken]))}`);
         const lost: string[] = [];
@@ -252,4 +255,12 @@ function processState(pid: number): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Whether a sidecar is a candidate: it has not resigned, or has come back since it last did. */
+function inTheRace(sidecar: Sidecar): boolean {
+  const messages = sidecar.logs.map((line) => line.msg);
+  const last = (msg: string) => messages.lastIndexOf(msg);
+  const resigned = last('resigned: out of the race');
+  return resigned === -1 || resigned < last('back in the race');
 }
