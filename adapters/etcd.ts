@@ -291,8 +291,6 @@ class EtcdSession implements Session {
     // Refused, or compacted past our revision; or its stream broke (see the module comment).
     watcher.on('error', replace('watch failed'));
     watcher.on('disconnected', replace('watch stream lost'));
-    this.knownThrough = null;
-    this.early = [];
     this.watcher = watcher;
     const created = new Promise<void>((resolve, reject) => {
       watcher.once('connected', () => resolve());

@@ -11,13 +11,12 @@
  * notifications and every recovery came within its bound. The nodes' logs are written out for
  * every trial with a problem, and for every failover slower than --dump-slower-than.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { BACKENDS, TOPOLOGIES, serverCount, startDeployment, type BackendName, type Topology } from '../test/chaos/deployments.js';
 import { FAULTS, runTrial, seededRandom, type TrialResult } from '../test/chaos/faults.js';
 import { ChaosWorld } from '../test/chaos/world.js';
 import { Sidecar } from '../test/harness/sidecar.js';
-import { machine, percentile, today } from './report.js';
+import { machine, percentile, today, writeReport } from './report.js';
 
 const USAGE =
   'usage: npm run chaos -- --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--seed N] [--fault KIND] [--dump-slower-than MS]';
@@ -100,12 +99,7 @@ async function run(): Promise<number> {
   }
   const report = render(backend, seed, results, failures, (Date.now() - started) / 1000);
   console.log(report);
-  // Only a run of every fault on every topology is a result; a narrower one goes to bench/tmp/.
-  const folder = new URL(whole ? './results/' : './tmp/', import.meta.url);
-  mkdirSync(folder, { recursive: true });
-  const file = new URL(`chaos-${today()}-${backend}.md`, folder);
-  writeFileSync(file, report);
-  console.error(`written to ${file.pathname}`);
+  console.error(`written to ${writeReport(`chaos-${today()}-${backend}.md`, report, whole)}`);
   const overlaps = results.reduce((sum, r) => sum + r.violations.length, 0);
   const lost = results.reduce((sum, r) => sum + r.lost.length, 0);
   return overlaps === 0 && lost === 0 && failures.length === 0 ? 0 : 1;

@@ -6,7 +6,7 @@
  * sections.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +19,7 @@ import { aptInstall, runs } from '../test/harness/system.js';
 import { ZookeeperServer, ensureZookeeperInstalled } from '../test/harness/zookeeper.js';
 import { monotonicNow, sleep, until } from '../test/chaos/world.js';
 import { Arrivals, consulLockContender, etcdctlContender, leaderdContender, type Contender } from './contenders.js';
-import { machine, percentile, today } from './report.js';
+import { machine, percentile, today, writeReport } from './report.js';
 
 const execFileAsync = promisify(execFile);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 20);
@@ -445,13 +445,8 @@ async function main(): Promise<void> {
     await Sidecar.killAll();
     await Promise.all([servers.etcd.stop(), servers.zookeeper.stop(), servers.consul.stop()]);
   }
-  // Only a whole run is a result; a partial one (BENCH_ONLY, BENCH_BACKENDS) goes to bench/tmp/.
   const whole = ONLY.size === Object.keys(SECTIONS).length && BACKENDS.length === ALL_BACKENDS.length;
-  const folder = new URL(whole ? './results/' : './tmp/', import.meta.url);
-  mkdirSync(folder, { recursive: true });
-  const file = new URL(`${today()}.md`, folder);
-  writeFileSync(file, `${lines.join('\n')}\n`);
-  console.error(`written to ${file.pathname}`);
+  console.error(`written to ${writeReport(`${today()}.md`, `${lines.join('\n')}\n`, whole)}`);
 }
 
 function version(binary: string): string {

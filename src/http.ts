@@ -95,14 +95,14 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
       'cache-control': 'no-store',
       connection: 'keep-alive',
     });
-    const send = (status: Status) => res.write(`event: role\ndata: ${JSON.stringify(body(status))}\n\n`);
-    const unsubscribe = elector.subscribe({ change: send });
+    const push = (status: Status) => res.write(`event: role\ndata: ${JSON.stringify(body(status))}\n\n`);
+    const unsubscribe = elector.subscribe({ change: push });
     const keepalive = setInterval(() => res.write(': keep-alive\n\n'), WATCH_KEEPALIVE_MS);
     req.on('close', () => {
       clearInterval(keepalive);
       unsubscribe();
     });
-    send(elector.status());
+    push(elector.status());
   });
   app.post('/resign', requireAdmin(options.adminToken), express.json({ limit: '4kb' }), async (req, res) => {
     const parsed = resignBody.safeParse(req.body ?? {});

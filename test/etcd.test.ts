@@ -57,7 +57,7 @@ describe('etcd: backend specifics', () => {
   it('a connection that goes silent for good is dropped: the primary steps down, reconnects, and leads again', async () => {
     const proxy = await TcpProxy.start(etcd.clientAddress);
     try {
-      const node = await Sidecar.start('etcd-wedged', [...args(newElection()).map((a) => (a === etcd.clientUrl ? `http://${proxy.address}` : a))]);
+      const node = await Sidecar.start('etcd-wedged', args(newElection()).map((a) => (a === etcd.clientUrl ? `http://${proxy.address}` : a)));
       const before = await node.waitForRole('primary', 15000);
       proxy.wedge();
       await node.waitForRole('unknown', 10000);
