@@ -14,13 +14,14 @@ interface BackendEntry extends BackendRequirements {
 export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   local: { minimumTtlSeconds: 1, create: async (config) => new (await import('./local.js')).LocalBackend(config.local) },
   // etcd raises shorter lease TTLs to about 1.5 × its election timeout (2 s with defaults).
-  etcd: { minimumTtlSeconds: 2, create: async (config) => new (await import('./etcd.js')).EtcdBackend(config.etcd) },
+  etcd: { minimumTtlSeconds: 2, wholeSecondTtl: true, create: async (config) => new (await import('./etcd.js')).EtcdBackend(config.etcd) },
   zookeeper: {
     // The server's real bounds (2 to 20 tickTimes) are checked when the session opens.
     minimumTtlSeconds: 1,
-    // A follower reports session activity to the ensemble leader a little later than it sees it:
-    // stepping down at half the session timeout keeps a wide margin before the leader expires it.
-    renewDeadlineFraction: 1 / 2,
+    // A renewal (a sync) answered by a follower does not touch the session at the ensemble
+    // leader, which expires sessions: the touch travels in the follower's next ping. The adapter
+    // contract holds only if the node steps down by half the session timeout; above, refused.
+    maximumRenewDeadlineFraction: 1 / 2,
     create: async (config) => new (await import('./zookeeper.js')).ZookeeperBackend(config.zookeeper),
   },
   consul: {

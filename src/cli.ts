@@ -123,6 +123,7 @@ async function run(config: Config): Promise<void> {
     },
     'leaderd started',
   );
+  for (const warning of config.warnings) log.warn(warning);
 
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {

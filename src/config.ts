@@ -5,7 +5,7 @@
  * derive from it, and so does `--help`. Validation happens once, here, with messages that name
  * the setting and the relation that is broken.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -41,7 +41,7 @@ export const OPTIONS = {
   'consul-token-file': { value: 'FILE', help: 'file holding the Consul ACL token' },
   'consul-key-prefix': { value: 'PREFIX', help: 'KV prefix; the lock is PREFIX/ELECTION/leader', default: 'leaderd' },
   'consul-check-ttl': { value: 'SECONDS', help: "TTL of the candidate's health check: the lease on Consul (< ttl)", default: '3' },
-  'consul-lock-delay': { value: 'SECONDS', help: 'Consul lock-delay after a session is invalidated (0-60)', default: 'the renew deadline' },
+  'consul-lock-delay': { value: 'SECONDS', help: 'Consul lock-delay after a session is invalidated (0-60)', default: 'the renew deadline + 0.25' },
   'consul-datacenter': { value: 'DC', help: 'Consul datacenter', default: "(the agent's)" },
   'local-dir': { value: 'DIR', help: 'directory shared by the candidates of the local backend', default: `${join(tmpdir(), 'leaderd')}` },
   'on-promote': { value: 'CMD', help: 'command run (no shell) when this node becomes primary' },
@@ -61,13 +61,26 @@ const OPTION_NAMES = Object.keys(OPTIONS) as OptionName[];
 export interface BackendRequirements {
   /** Smallest ttl the service honours as asked (seconds). */
   readonly minimumTtlSeconds: number;
-  /** The default renew deadline as a fraction of the lease, when 2/3 leaves too little margin. */
-  readonly renewDeadlineFraction?: number;
+  /** The service keeps leases in whole seconds only. */
+  readonly wholeSecondTtl?: boolean;
+  /**
+   * The largest renew deadline, as a fraction of the lease, for which the service keeps the
+   * adapter contract (src/backend.ts); when below 2/3, it is also the default.
+   */
+  readonly maximumRenewDeadlineFraction?: number;
 }
 
-/** The renew deadline as a fraction of the lease: the backend's own, or 2/3. */
+/**
+ * The least time between a node's renew deadline and the end of its lease. At its deadline a
+ * primary stops answering as primary and starts its demote hook; the margin is what separates
+ * that moment from the earliest a successor can be granted the lease (timer latency, a hook's
+ * start, a service that ends a session right after a renewal). See the README's safety model.
+ */
+export const DEADLINE_MARGIN_SECONDS = 0.25;
+
+/** The default renew deadline as a fraction of the lease: 2/3, or the backend's maximum if lower. */
 export function renewDeadlineFraction(requirements: BackendRequirements): number {
-  return requirements.renewDeadlineFraction ?? 2 / 3;
+  return Math.min(2 / 3, requirements.maximumRenewDeadlineFraction ?? 1);
 }
 
 export interface Config {
@@ -103,6 +116,8 @@ export interface Config {
   };
   readonly adminToken: string | null;
   readonly logLevel: LogLevel;
+  /** Settings that work but deserve a look (a secret file others can read), logged at start. */
+  readonly warnings: readonly string[];
 }
 
 /** A configuration a user must fix; the message names the setting. */
@@ -243,6 +258,14 @@ const hostPort = text.transform((value, ctx) => {
   return { host: (match[1] ?? match[2]) as string, port };
 });
 
+/** What each secret must look like, wherever it comes from: flag, environment, file. */
+const SECRETS = {
+  'admin-token': { shape: /^\S{8,}$/, expected: 'at least 8 characters without spaces' },
+  'zk-auth': { shape: /^[^:\s]+:\S+$/, expected: 'USER:PASSWORD' },
+  'consul-token': { shape: /^\S+$/, expected: 'a token without spaces' },
+} as const;
+const secret = (name: keyof typeof SECRETS) => text.pipe(z.string().regex(SECRETS[name].shape, `must be ${SECRETS[name].expected}`));
+
 const url = (schemes: string[]) =>
   z.string().refine((value) => {
     try {
@@ -270,10 +293,10 @@ const schema = z.object({
     .default('127.0.0.1:2181')
     .pipe(z.string().regex(/^[^\s,/]+:\d+(,[^\s,/]+:\d+)*(\/[^\s]*)?$/, 'must be host:port[,host:port...][/chroot]')),
   'zk-prefix': text.default('/leaderd').pipe(z.string().regex(/^\/[^\x00-\x1f]*[^/]$/, 'must start with "/" and not end with "/"')),
-  'zk-auth': text.pipe(z.string().regex(/^[^:]+:.+$/, 'must be USER:PASSWORD')).optional(),
+  'zk-auth': secret('zk-auth').optional(),
   'zk-auth-file': text.optional(),
   'consul-addr': text.default('http://127.0.0.1:8500').pipe(url(['http:', 'https:'])),
-  'consul-token': text.optional(),
+  'consul-token': secret('consul-token').optional(),
   'consul-token-file': text.optional(),
   'consul-key-prefix': text.default('leaderd').pipe(z.string().regex(/^[^\x00-\x1f]*[^/]$/, 'must not end with "/"')),
   'consul-check-ttl': seconds(1).default(3),
@@ -286,7 +309,7 @@ const schema = z.object({
   'hook-url': text.pipe(url(['http:', 'https:'])).optional(),
   'hook-timeout': seconds(0.001).default(30),
   'promote-failure': z.enum(['resign', 'ignore'], { error: 'must be resign or ignore' }).default('resign'),
-  'admin-token': text.optional(),
+  'admin-token': secret('admin-token').optional(),
   'admin-token-file': text.optional(),
   'log-level': z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
   config: z.unknown().optional(),
@@ -305,6 +328,9 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   if (c.ttl < requirements.minimumTtlSeconds) {
     throw new ConfigError(`ttl: ${c.ttl} s is below the ${c.backend} backend's minimum of ${requirements.minimumTtlSeconds} s`);
   }
+  if (requirements.wholeSecondTtl && !Number.isInteger(c.ttl)) {
+    throw new ConfigError(`ttl: ${c.backend} leases are whole seconds, got ${c.ttl}`);
+  }
   const onConsul = c.backend === 'consul';
   if (onConsul && c['consul-check-ttl'] >= c.ttl) {
     throw new ConfigError(`consul-check-ttl: must be below ttl (${c['consul-check-ttl']} s >= ${c.ttl} s)`);
@@ -313,6 +339,18 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   const leaseName = onConsul ? 'consul-check-ttl' : 'ttl';
   const renewDeadline = c['renew-deadline'] ?? lease * renewDeadlineFraction(requirements);
   if (renewDeadline >= lease) throw new ConfigError(`renew-deadline: must be below ${leaseName} (${renewDeadline} s >= ${lease} s)`);
+  if (renewDeadline > lease - DEADLINE_MARGIN_SECONDS) {
+    throw new ConfigError(
+      `renew-deadline: must end at least ${DEADLINE_MARGIN_SECONDS} s before the ${leaseName} (${renewDeadline} s > ${round(lease - DEADLINE_MARGIN_SECONDS)} s)`,
+    );
+  }
+  const maximum = requirements.maximumRenewDeadlineFraction;
+  if (maximum !== undefined && renewDeadline > lease * maximum) {
+    throw new ConfigError(
+      `renew-deadline: must be at most ${maximum === 1 / 2 ? 'half the' : `${round(maximum)} ×`} ${leaseName} on ${backendNames[c.backend] ?? c.backend} ` +
+        `(${renewDeadline} s > ${round(lease * maximum)} s)`,
+    );
+  }
   if (renewDeadline <= lease / 3) {
     throw new ConfigError(`renew-deadline: must be above the renew interval ${leaseName}/3 (${renewDeadline} s <= ${round(lease / 3)} s)`);
   }
@@ -320,6 +358,20 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
     if (c[secret] !== undefined && c[`${secret}-file`] !== undefined) {
       throw new ConfigError(`${secret}: give either ${secret} or ${secret}-file, not both`);
     }
+  }
+  const warnings: string[] = [];
+  const secretFile = (setting: SecretFileSetting, path: string) => {
+    const { secret, warning } = readSecret(setting, path);
+    if (warning) warnings.push(warning);
+    return secret;
+  };
+
+  const lockDelay = c['consul-lock-delay'] ?? renewDeadline + DEADLINE_MARGIN_SECONDS;
+  if (onConsul && lockDelay < renewDeadline + DEADLINE_MARGIN_SECONDS) {
+    warnings.push(
+      `consul-lock-delay: ${lockDelay} s leaves less than ${DEADLINE_MARGIN_SECONDS} s after the renew deadline (${round(renewDeadline)} s): ` +
+        'when Consul ends a session on its own, a successor can be promoted before this node has stepped down',
+    );
   }
 
   const exec: Partial<Record<TransitionEvent, readonly string[]>> = {};
@@ -340,14 +392,16 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
     zookeeper: {
       connect: c['zk-connect'],
       prefix: c['zk-prefix'],
-      auth: c['zk-auth-file'] !== undefined ? readSecret('zk-auth-file', c['zk-auth-file'], /^[^:\s]+:\S+$/, 'USER:PASSWORD') : (c['zk-auth'] ?? null),
+      auth: c['zk-auth-file'] !== undefined ? secretFile('zk-auth-file', c['zk-auth-file']) : (c['zk-auth'] ?? null),
     },
     consul: {
       address: c['consul-addr'],
-      token: c['consul-token-file'] !== undefined ? readSecret('consul-token-file', c['consul-token-file'], /^\S+$/, 'a token') : (c['consul-token'] ?? null),
+      token: c['consul-token-file'] !== undefined ? secretFile('consul-token-file', c['consul-token-file']) : (c['consul-token'] ?? null),
       keyPrefix: c['consul-key-prefix'],
       checkTtlSeconds: c['consul-check-ttl'],
-      lockDelaySeconds: c['consul-lock-delay'] ?? renewDeadline,
+      // Past the deadline by the margin: a session Consul ends on its own right after a renewal
+      // must not hand the lock over before this node's deadline has passed and its demote begun.
+      lockDelaySeconds: lockDelay,
       datacenter: c['consul-datacenter'] ?? null,
     },
     local: { dir: c['local-dir'] },
@@ -357,24 +411,34 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
       timeoutSeconds: c['hook-timeout'],
       promoteFailure: c['promote-failure'],
     },
-    adminToken:
-      c['admin-token-file'] !== undefined
-        ? readSecret('admin-token-file', c['admin-token-file'], /^\S{8,}$/, 'a token of at least 8 characters')
-        : (c['admin-token'] ?? null),
+    adminToken: c['admin-token-file'] !== undefined ? secretFile('admin-token-file', c['admin-token-file']) : (c['admin-token'] ?? null),
     logLevel: c['log-level'],
+    warnings,
   };
 }
 
-/** A secret kept in a file (trimmed); the message names the setting, never the content. */
-function readSecret(setting: string, path: string, shape: RegExp, expected: string): string {
+const backendNames: Readonly<Record<string, string>> = { zookeeper: 'ZooKeeper', etcd: 'etcd', consul: 'Consul', local: 'local' };
+
+type SecretFileSetting = `${keyof typeof SECRETS}-file`;
+
+/** Reads a secret kept in a file (trimmed), held to the same rule as the setting it stands for. */
+function readSecret(setting: SecretFileSetting, path: string): { secret: string; warning: string | null } {
   let secret: string;
+  let mode: number;
   try {
     secret = readFileSync(path, 'utf8').trim();
+    mode = statSync(path).mode;
   } catch (error) {
     throw new ConfigError(`${setting}: cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? error}`);
   }
-  if (!shape.test(secret)) throw new ConfigError(`${setting}: ${path} must hold ${expected}`);
-  return secret;
+  const rule = SECRETS[setting.slice(0, -'-file'.length) as keyof typeof SECRETS];
+  // The message names the file and the rule, never the content.
+  if (!rule.shape.test(secret)) throw new ConfigError(`${setting}: ${path} must hold ${rule.expected}`);
+  const othersMayRead = (mode & 0o044) !== 0;
+  return {
+    secret,
+    warning: othersMayRead ? `${setting}: ${path} can be read by other users (mode ${(mode & 0o777).toString(8)}); chmod 600 it` : null,
+  };
 }
 
 function round(n: number): number {

@@ -109,6 +109,7 @@ export class Elector {
   private loopTimer: NodeJS.Timeout | undefined;
   private clockCheck: NodeJS.Timeout | undefined;
   private holdOffTimer: NodeJS.Timeout | undefined;
+  private deadlineTimer: NodeJS.Timeout | undefined;
   private loopWake: (() => void) | null = null;
   private loopDone: Promise<void> = Promise.resolve();
 
@@ -126,8 +127,9 @@ export class Elector {
   start(): void {
     this.loopDone = this.loop();
     // Makes a silent expiry visible (log, hooks, metrics) even when no one asks; correctness does
-    // not depend on it, since every answer re-checks the clock. A short period rather than a timer
-    // at the deadline: timers run on the monotonic clock, which stands still through a suspend.
+    // not depend on it, since every answer re-checks the clock. A timer at the deadline starts the
+    // demote hook on time (see armDeadlineTimer); this short period catches what such a timer
+    // misses: timers run on the monotonic clock, which stands still through a suspend.
     this.clockCheck = setInterval(() => this.reconcile('clock check'), CLOCK_CHECK_MS);
   }
 
@@ -145,10 +147,11 @@ export class Elector {
 
   /**
    * Steps down now and stays out of the race for `holdOffMs`. Resolves once leadership has been
-   * released (after the demote hook), so a peer can win at once.
+   * released (after the demote hook), so a peer can win at once; with false, doing nothing, when
+   * leaderd is shutting down (the shutdown releases leadership itself).
    */
-  async resign(holdOffMs: number, reason: string): Promise<void> {
-    if (this.phase !== 'running') return;
+  async resign(holdOffMs: number, reason: string): Promise<boolean> {
+    if (this.phase !== 'running') return false;
     const resignation = ++this.resignations;
     this.campaigning = false;
     clearTimeout(this.holdOffTimer);
@@ -167,6 +170,7 @@ export class Elector {
     if (resignation === this.resignations && this.phase === 'running') {
       this.holdOffTimer = setTimeout(() => this.rejoin(), holdOffMs);
     }
+    return true;
   }
 
   /** Demotes if primary, releases leadership, ends the session. */
@@ -175,6 +179,7 @@ export class Elector {
     this.phase = 'stopping';
     this.campaigning = false;
     clearTimeout(this.holdOffTimer);
+    clearTimeout(this.deadlineTimer);
     clearInterval(this.clockCheck);
     this.reconcile('shutdown');
     this.wakeLoop();
@@ -280,6 +285,7 @@ export class Elector {
     this.session = session;
     this.attempt = attempt;
     this.lease = new LeaseDeadline(timing.renewDeadlineMs, sentAt);
+    this.armDeadlineTimer();
     log.info('session opened');
     if (this.campaigning) await this.campaign(session);
     this.reconcile('session opened');
@@ -308,9 +314,27 @@ export class Elector {
     }
     if (this.session !== session || !this.lease) return 0;
     this.lease.renewed(sentAt);
+    this.armDeadlineTimer();
     this.emit((l) => l.renewal?.(true));
     this.reconcile('renewed');
     return this.untilNextRenewal(sentAt);
+  }
+
+  /**
+   * Ends the term the moment the deadline passes. The safety margin between a node's deadline and
+   * the earliest a successor can be granted the lease (DEADLINE_MARGIN_SECONDS in config.ts) is
+   * small next to the clock check's period, so the demote hook must not wait for the next check.
+   */
+  private armDeadlineTimer(): void {
+    clearTimeout(this.deadlineTimer);
+    const remainingMs = this.lease?.remainingMs();
+    if (!remainingMs) return;
+    // A timer can fire a little before the deadline by the clocks the lease is measured on: then
+    // the lease is still valid, and the timer is armed again for what is left.
+    this.deadlineTimer = setTimeout(() => {
+      this.reconcile('lease deadline passed');
+      this.armDeadlineTimer();
+    }, remainingMs + 1);
   }
 
   /** The next renewal is due one renew interval after the last lease-extending request was sent. */
@@ -340,10 +364,12 @@ export class Elector {
   private dropSession(reason: string): void {
     const session = this.session;
     if (!session) return;
+    const lateMs = this.lease?.noticedLateMs;
     this.session = null;
     this.attempt = null;
     this.lease = null;
-    this.options.log.warn({ reason }, 'session ended');
+    clearTimeout(this.deadlineTimer);
+    this.options.log.warn({ reason, ...(lateMs != null ? { lateMs: Math.round(lateMs) } : {}) }, 'session ended');
     this.reconcile(reason);
     // Release only once the application has acted on the demote, as on a clean stop. Nobody
     // renews the lease any more, so it expires meanwhile if releasing takes long.

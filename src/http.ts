@@ -112,7 +112,10 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
     }
     const holdOffSeconds = parsed.data.holdOffSeconds ?? options.ttlSeconds;
     const before = elector.status().role;
-    await elector.resign(holdOffSeconds * 1000, 'resign requested over HTTP');
+    if (!(await elector.resign(holdOffSeconds * 1000, 'resign requested over HTTP'))) {
+      res.status(503).json({ error: 'shutting down: there is nothing to resign' });
+      return;
+    }
     res.json({ resigned: true, previousRole: before, holdOffSeconds, ...body(elector.status()) });
   });
 
@@ -188,7 +191,8 @@ function requireAdmin(token: string | null) {
       res.status(403).json({ error: 'admin endpoints are disabled: start leaderd with --admin-token-file' });
       return;
     }
-    const match = /^Bearer (.+)$/.exec(req.get('authorization') ?? '');
+    // The scheme is case-insensitive (RFC 9110), so "bearer" is as good as "Bearer".
+    const match = /^bearer +(\S+) *$/i.exec(req.get('authorization') ?? '');
     // Compare digests, so the comparison takes the same time whatever the length presented.
     if (!match?.[1] || !timingSafeEqual(digest(match[1]), expected)) {
       res.status(401).set('www-authenticate', 'Bearer').json({ error: 'missing or wrong bearer token' });

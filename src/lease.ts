@@ -27,6 +27,8 @@ export function now(): Instant {
 export class LeaseDeadline {
   private renewedAt: Instant;
   private expired = false;
+  /** How long after the deadline its passing was first seen; null while valid. */
+  private lateMs: number | null = null;
 
   constructor(
     private readonly windowMs: number,
@@ -41,9 +43,15 @@ export class LeaseDeadline {
     const remaining = this.windowMs - elapsedMs(this.renewedAt, at);
     if (remaining <= 0) {
       this.expired = true;
+      this.lateMs = -remaining;
       return 0;
     }
     return remaining;
+  }
+
+  /** How late expiry was noticed (ms), for the log; null while the lease is valid. */
+  get noticedLateMs(): number | null {
+    return this.lateMs;
   }
 
   isValid(at: Instant = now()): boolean {

@@ -1,4 +1,4 @@
-import { writeFileSync } from 'node:fs';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { BACKENDS } from '../adapters/index.js';
 import { OPTIONS, envName, parseCommand, type Config } from '../src/config.js';
@@ -47,8 +47,23 @@ describe('configuration', () => {
 
   it('reads the admin token from a file, trimmed', () => {
     const file = scratchFile('token');
-    writeFileSync(file, '  a-long-admin-token\n');
+    writeFileSync(file, '  a-long-admin-token\n', { mode: 0o600 });
     expect(config(['--admin-token-file', file]).adminToken).toBe('a-long-admin-token');
+    expect(config(['--admin-token-file', file]).warnings).toEqual([]);
+  });
+
+  it('holds a secret to one rule wherever it comes from, and warns about a file others can read', () => {
+    const file = scratchFile('short-token');
+    writeFileSync(file, 'x\n', { mode: 0o600 });
+    expect(() => config(['--admin-token-file', file])).toThrow(/^admin-token-file: .* must hold at least 8 characters without spaces$/);
+    expect(config(['--admin-token', 'eight-ch']).adminToken).toBe('eight-ch');
+    expect(config([], { LEADERD_ADMIN_TOKEN: 'eight-ch' }).adminToken).toBe('eight-ch');
+    const readable = scratchFile('readable-token');
+    writeFileSync(readable, 'a-long-admin-token\n');
+    chmodSync(readable, 0o644);
+    expect(config(['--admin-token-file', readable]).warnings).toEqual([
+      `admin-token-file: ${readable} can be read by other users (mode 644); chmod 600 it`,
+    ]);
   });
 
   it('times the deadline from the Consul check TTL, the shorter lease on that backend', () => {
@@ -59,9 +74,13 @@ describe('configuration', () => {
     expect(config(['--backend', 'etcd', '--ttl', '6']).leaseSeconds).toBe(6);
   });
 
-  it('defaults the Consul lock-delay to the renew deadline, and ZooKeeper\'s renew deadline to half the ttl', () => {
-    expect(config(['--backend', 'consul', '--ttl', '15', '--consul-check-ttl', '3']).consul.lockDelaySeconds).toBe(2);
-    expect(config(['--backend', 'consul', '--consul-lock-delay', '0']).consul.lockDelaySeconds).toBe(0);
+  it('defaults the Consul lock-delay to a margin past the renew deadline, and ZooKeeper\'s renew deadline to half the ttl', () => {
+    // A lock-delay equal to the deadline would let a successor acquire at the very moment the
+    // old primary's deadline passes, when Consul ends a session right after a renewal.
+    expect(config(['--backend', 'consul', '--ttl', '15', '--consul-check-ttl', '3']).consul.lockDelaySeconds).toBe(2.25);
+    const noDelay = config(['--backend', 'consul', '--consul-lock-delay', '0']);
+    expect(noDelay.consul.lockDelaySeconds).toBe(0);
+    expect(noDelay.warnings).toEqual([expect.stringMatching(/^consul-lock-delay: 0 s leaves less than 0.25 s after the renew deadline/)]);
     expect(config(['--backend', 'zookeeper', '--ttl', '10']).renewDeadlineSeconds).toBe(5);
   });
 
@@ -90,6 +109,12 @@ describe('configuration', () => {
     ['a Consul lock-delay above 60 s', ['--consul-lock-delay', '90'], {}, /^consul-lock-delay: must be at most 60$/],
     ['a bad ZooKeeper connect string', ['--zk-connect', 'zk1'], {}, /^zk-connect: must be host:port/],
     ['both ZooKeeper credential sources', ['--zk-auth', 'u:p', '--zk-auth-file', '/dev/null'], {}, /^zk-auth: give either/],
+    ['a ZooKeeper renew deadline above half the ttl', ['--backend', 'zookeeper', '--ttl', '10', '--renew-deadline', '9'], {}, /^renew-deadline: must be at most half the ttl on ZooKeeper \(9 s > 5 s\)/],
+    ['a renew deadline closer than 0.25 s to the lease', ['--ttl', '3', '--renew-deadline', '2.9'], {}, /^renew-deadline: must end at least 0.25 s before the ttl \(2.9 s > 2.75 s\)$/],
+    ['a fractional ttl on etcd, whose leases are whole seconds', ['--backend', 'etcd', '--ttl', '2.5'], {}, /^ttl: etcd leases are whole seconds, got 2.5$/],
+    ['a short admin token from a flag', ['--admin-token', 'x'], {}, /^admin-token: must be at least 8 characters without spaces$/],
+    ['a short admin token from the environment', [], { LEADERD_ADMIN_TOKEN: 'x' }, /^admin-token: must be at least 8 characters without spaces$/],
+    ['an empty admin token', ['--admin-token', ''], {}, /^admin-token: must be at least 8 characters without spaces$/],
     ['a missing config file', ['--config', '/nonexistent.yaml'], {}, /^config: cannot read \/nonexistent.yaml: ENOENT$/],
   ];
   for (const [what, argv, env, message] of refused) {

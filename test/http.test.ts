@@ -102,3 +102,39 @@ describe('HTTP API: bad requests get JSON errors and never hurt the sidecar', ()
     expect(await (await node.fetch('/healthz')).json()).toEqual({ alive: true });
   });
 });
+
+describe('HTTP API: the admin endpoint', () => {
+  it('accepts the bearer scheme in any case, as HTTP allows', async () => {
+    const state = await node.role();
+    const response = await node.fetch('/resign', {
+      method: 'POST',
+      headers: { authorization: `bearer ${token}`, 'content-type': 'application/json' },
+      body: '{"holdOffSeconds": 0}',
+    });
+    expect(response.status).toBe(200);
+    const after = await node.waitForState((s) => s.role === 'primary' && s.fencingToken! > state.fencingToken!, 10000, 'a new term');
+    expect(after.id).toBe('http-node');
+  });
+
+  it('answers 503 to POST /resign during shutdown, when there is nothing left to resign', async () => {
+    const tokenFile = scratchFile('token');
+    writeFileSync(tokenFile, token);
+    const demoted = scratchFile('demote-started');
+    const stopping = await Sidecar.start('http-stopping', [
+      '--local-dir', scratchFile('dir'), '--election', newElection(), '--ttl', '2', '--admin-token-file', tokenFile,
+      // A slow demote keeps the shutdown going long enough to ask during it.
+      '--on-demote', `/bin/sh -c "touch ${demoted}; sleep 2"`,
+    ]);
+    await stopping.waitForRole('primary', 10000);
+    stopping.signal('SIGTERM');
+    await stopping.waitForLog((l) => l.msg === 'shutting down', 5000, 'shutdown');
+    const response = await stopping.fetch('/resign', {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: '{}',
+    });
+    expect(response.status).toBe(503);
+    expect(await response.json()).toEqual({ error: 'shutting down: there is nothing to resign' });
+    expect(await stopping.exited).toEqual({ code: 0, signal: null });
+  });
+});
