@@ -16,11 +16,13 @@ export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   // etcd raises shorter lease TTLs to about 1.5 × its election timeout (2 s with defaults).
   etcd: { minimumTtlSeconds: 2, wholeSecondTtl: true, create: async (config) => new (await import('./etcd.js')).EtcdBackend(config.etcd) },
   zookeeper: {
-    // The server's real bounds (2 to 20 tickTimes) are checked when the session opens.
-    minimumTtlSeconds: 1,
+    // The server's real bounds (2 to 20 tickTimes) are checked when the session opens. Below
+    // 1.5 s the margin argued next would be under DEADLINE_MARGIN_SECONDS.
+    minimumTtlSeconds: 1.5,
     // A renewal (a sync) answered by a follower does not touch the session at the ensemble
-    // leader, which expires sessions: the touch travels in the follower's next ping. The adapter
-    // contract holds only if the node steps down by half the session timeout; above, refused.
+    // leader, which expires sessions: the touch travels in the follower's next ping, and can be
+    // lost with it. The session can then expire one ttl after the renewal before, ttl/3 earlier
+    // than the contract says; stepping down at ttl/2 still leaves ttl/6. Above, refused.
     maximumRenewDeadlineFraction: 1 / 2,
     create: async (config) => new (await import('./zookeeper.js')).ZookeeperBackend(config.zookeeper),
   },

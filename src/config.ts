@@ -43,7 +43,7 @@ export const OPTIONS = {
   'consul-check-ttl': { value: 'SECONDS', help: "TTL of the candidate's health check: the lease on Consul (< ttl)", default: '3' },
   'consul-lock-delay': { value: 'SECONDS', help: 'Consul lock-delay after a session is invalidated (0-60)', default: 'the renew deadline + 0.25' },
   'consul-datacenter': { value: 'DC', help: 'Consul datacenter', default: "(the agent's)" },
-  'local-dir': { value: 'DIR', help: 'directory shared by the candidates of the local backend', default: `${join(tmpdir(), 'leaderd')}` },
+  'local-dir': { value: 'DIR', help: 'directory shared by the candidates of the local backend', default: '/var/lib/leaderd as root, else ${XDG_STATE_HOME:-~/.local/state}/leaderd' },
   'on-promote': { value: 'CMD', help: 'command run (no shell) when this node becomes primary' },
   'on-demote': { value: 'CMD', help: 'command run when this node stops being primary' },
   'on-leader-change': { value: 'CMD', help: 'command run on every node when the leader changes' },
@@ -222,11 +222,20 @@ function readConfigFile(path: string): Record<string, unknown> {
 // ---- validation -------------------------------------------------------------------------------
 
 const text = z.union([z.string(), z.number()]).transform(String);
+/** Consul ignores any lock-delay beyond a minute. */
+const CONSUL_MAXIMUM_LOCK_DELAY_SECONDS = 60;
+
+/**
+ * Timers hold at most 2^31-1 ms (24.8 days); a day is also Consul's longest session TTL. A longer
+ * lease could not be timed at all.
+ */
+const MAXIMUM_SECONDS = 86400;
 const seconds = (min: number) =>
   z.coerce
     .number({ error: 'must be a number of seconds' })
     .refine(Number.isFinite, 'must be a number of seconds')
-    .refine((n) => n >= min, `must be at least ${min}`);
+    .refine((n) => n >= min, `must be at least ${min}`)
+    .refine((n) => n <= MAXIMUM_SECONDS, `must be at most ${MAXIMUM_SECONDS} (a day)`);
 const list = z
   .union([z.string(), z.array(z.string())])
   .transform((v) => (Array.isArray(v) ? v : v.split(',')).map((s) => s.trim()).filter(Boolean));
@@ -261,7 +270,7 @@ const hostPort = text.transform((value, ctx) => {
 /** What each secret must look like, wherever it comes from: flag, environment, file. */
 const SECRETS = {
   'admin-token': { shape: /^\S{8,}$/, expected: 'at least 8 characters without spaces' },
-  'zk-auth': { shape: /^[^:\s]+:\S+$/, expected: 'USER:PASSWORD' },
+  'zk-auth': { shape: /^[^:\s]+:.+$/, expected: 'USER:PASSWORD' },
   'consul-token': { shape: /^\S+$/, expected: 'a token without spaces' },
 } as const;
 const secret = (name: keyof typeof SECRETS) => text.pipe(z.string().regex(SECRETS[name].shape, `must be ${SECRETS[name].expected}`));
@@ -300,9 +309,9 @@ const schema = z.object({
   'consul-token-file': text.optional(),
   'consul-key-prefix': text.default('leaderd').pipe(z.string().regex(/^[^\x00-\x1f]*[^/]$/, 'must not end with "/"')),
   'consul-check-ttl': seconds(1).default(3),
-  'consul-lock-delay': seconds(0).refine((n) => n <= 60, 'must be at most 60').optional(),
+  'consul-lock-delay': seconds(0).refine((n) => n <= CONSUL_MAXIMUM_LOCK_DELAY_SECONDS, `must be at most ${CONSUL_MAXIMUM_LOCK_DELAY_SECONDS}`).optional(),
   'consul-datacenter': text.optional(),
-  'local-dir': text.default(join(tmpdir(), 'leaderd')).pipe(z.string().min(1)),
+  'local-dir': text.default(process.getuid?.() === 0 ? '/var/lib/leaderd' : join(process.env.XDG_STATE_HOME?.startsWith('/') ? process.env.XDG_STATE_HOME : join(process.env.HOME ?? '/', '.local', 'state'), 'leaderd')).pipe(z.string().min(1)),
   'on-promote': command.optional(),
   'on-demote': command.optional(),
   'on-leader-change': command.optional(),
@@ -339,13 +348,14 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   const leaseName = onConsul ? 'consul-check-ttl' : 'ttl';
   const renewDeadline = c['renew-deadline'] ?? lease * renewDeadlineFraction(requirements);
   if (renewDeadline >= lease) throw new ConfigError(`renew-deadline: must be below ${leaseName} (${renewDeadline} s >= ${lease} s)`);
-  if (renewDeadline > lease - DEADLINE_MARGIN_SECONDS) {
+  // Compared in whole milliseconds: 1.13 - 0.25 is not 0.88 in binary floating point.
+  if (ms(renewDeadline) > ms(lease) - ms(DEADLINE_MARGIN_SECONDS)) {
     throw new ConfigError(
       `renew-deadline: must end at least ${DEADLINE_MARGIN_SECONDS} s before the ${leaseName} (${renewDeadline} s > ${round(lease - DEADLINE_MARGIN_SECONDS)} s)`,
     );
   }
   const maximum = requirements.maximumRenewDeadlineFraction;
-  if (maximum !== undefined && renewDeadline > lease * maximum) {
+  if (maximum !== undefined && ms(renewDeadline) > ms(lease * maximum)) {
     throw new ConfigError(
       `renew-deadline: must be at most ${maximum === 1 / 2 ? 'half the' : `${round(maximum)} ×`} ${leaseName} on ${backendNames[c.backend] ?? c.backend} ` +
         `(${renewDeadline} s > ${round(lease * maximum)} s)`,
@@ -367,7 +377,13 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   };
 
   const lockDelay = c['consul-lock-delay'] ?? renewDeadline + DEADLINE_MARGIN_SECONDS;
-  if (onConsul && lockDelay < renewDeadline + DEADLINE_MARGIN_SECONDS) {
+  if (onConsul && lockDelay > CONSUL_MAXIMUM_LOCK_DELAY_SECONDS) {
+    throw new ConfigError(
+      `renew-deadline: on Consul at most ${CONSUL_MAXIMUM_LOCK_DELAY_SECONDS - DEADLINE_MARGIN_SECONDS} s, so that the lock-delay after it ` +
+        `fits Consul's largest, ${CONSUL_MAXIMUM_LOCK_DELAY_SECONDS} s (${round(renewDeadline)} s; lower consul-check-ttl)`,
+    );
+  }
+  if (onConsul && ms(lockDelay) < ms(renewDeadline) + ms(DEADLINE_MARGIN_SECONDS)) {
     warnings.push(
       `consul-lock-delay: ${lockDelay} s leaves less than ${DEADLINE_MARGIN_SECONDS} s after the renew deadline (${round(renewDeadline)} s): ` +
         'when Consul ends a session on its own, a successor can be promoted before this node has stepped down',
@@ -437,8 +453,15 @@ function readSecret(setting: SecretFileSetting, path: string): { secret: string;
   const othersMayRead = (mode & 0o044) !== 0;
   return {
     secret,
-    warning: othersMayRead ? `${setting}: ${path} can be read by other users (mode ${(mode & 0o777).toString(8)}); chmod 600 it` : null,
+    warning: othersMayRead
+      ? `${setting}: ${path} can be read by other users (mode ${(mode & 0o777).toString(8)}); ` +
+        'chmod 600 it (on a Kubernetes secret volume: defaultMode 0400)'
+      : null,
   };
+}
+
+function ms(seconds: number): number {
+  return Math.round(seconds * 1000);
 }
 
 function round(n: number): number {

@@ -78,7 +78,8 @@ export interface ElectorOptions {
   readonly fatal: (error: Error) => void;
 }
 
-type Phase = 'running' | 'stopping' | 'stopped';
+/** stopping: the hooks settle while the session is still renewed; releasing: the session is closed. */
+type Phase = 'running' | 'stopping' | 'releasing' | 'stopped';
 
 /** How often the lease deadline is checked when nothing else happens. */
 const CLOCK_CHECK_MS = 250;
@@ -112,6 +113,8 @@ export class Elector {
   private deadlineTimer: NodeJS.Timeout | undefined;
   private loopWake: (() => void) | null = null;
   private loopDone: Promise<void> = Promise.resolve();
+  /** Ended sessions still being released (once the hooks have settled); a shutdown waits for them. */
+  private releasing: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly options: ElectorOptions) {}
 
@@ -179,17 +182,22 @@ export class Elector {
     this.phase = 'stopping';
     this.campaigning = false;
     clearTimeout(this.holdOffTimer);
-    clearTimeout(this.deadlineTimer);
-    clearInterval(this.clockCheck);
     this.reconcile('shutdown');
+    // The lease is renewed until the application has acted on the demote: letting it lapse
+    // earlier would let a successor be promoted while this node's demote hook still runs.
+    await this.options.settle();
+    this.phase = 'releasing';
+    clearInterval(this.clockCheck);
     this.wakeLoop();
     await this.loopDone;
-    await this.options.settle();
+    clearTimeout(this.deadlineTimer);
     const session = this.session;
     this.session = null;
     this.attempt = null;
     this.lease = null;
     if (session) await this.request('close', () => session.close()).catch(() => undefined);
+    // A session the deadline ended during the shutdown is released too, before the process exits.
+    await this.releasing;
     await this.options.backend.shutdown().catch(() => undefined);
     this.phase = 'stopped';
     this.reconcile('stopped');
@@ -221,16 +229,21 @@ export class Elector {
 
   // The election loop: one step at a time, either opening a session or renewing it.
   private async loop(): Promise<void> {
-    while (this.phase === 'running') {
+    while (this.looping) {
       this.lastTickAt = monotonicMs();
       const delay = this.session ? await this.renew(this.session) : await this.open();
-      if (this.phase !== 'running') break;
+      if (!this.looping) break;
       await new Promise<void>((resolve) => {
         this.loopWake = resolve;
         this.loopTimer = setTimeout(resolve, delay);
       });
       this.loopWake = null;
     }
+  }
+
+  /** Opens and renews sessions while running; while stopping, only renews the one it has. */
+  private get looping(): boolean {
+    return this.phase === 'running' || (this.phase === 'stopping' && this.session !== null);
   }
 
   private wakeLoop(): void {
@@ -373,10 +386,11 @@ export class Elector {
     this.reconcile(reason);
     // Release only once the application has acted on the demote, as on a clean stop. Nobody
     // renews the lease any more, so it expires meanwhile if releasing takes long.
-    void this.options
+    const released = this.options
       .settle()
       .then(() => this.request('close', () => session.close()))
       .catch(() => undefined);
+    this.releasing = Promise.all([this.releasing, released]);
     this.wakeLoop();
   }
 

@@ -7,8 +7,14 @@
  * elector re-checks its lease deadline); a demote announced while a promote is still running
  * cuts the promote short, since the node no longer holds the lease it was promoting on. Demote
  * needs nothing from the backend, so it runs even when the backend is gone.
+ *
+ * An event goes to each of its targets in turn, the command and then the URL. A demote or a
+ * leader-change is news every target must hear, so each runs whatever the others did. A promote
+ * stops at its first failed target: the rest of the application must not act on a promotion that
+ * did not happen.
  */
 import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Transition, TransitionEvent } from './elector.js';
 import { errorMessage } from './elector.js';
@@ -43,18 +49,27 @@ export interface HookOptions {
   readonly listener?: HookListener;
 }
 
-/** Grace between SIGTERM and SIGKILL for an exec hook that overran or was cut short. */
+/** Grace between SIGTERM and SIGKILL for an exec hook that overran. */
 const KILL_GRACE_MS = 5000;
+/** How often a stopped hook's process group is checked for members left. */
+const GROUP_POLL_MS = 50;
+/** How long to wait for a SIGKILLed group to vanish (a process in uninterruptible sleep dies late). */
+const KILL_SETTLE_MS = 1000;
 /** How long output is still read after a hook exited, from pipes something else holds open. */
 const OUTPUT_DRAIN_MS = 200;
+
+type HookTarget = 'command' | 'url';
 
 export class HookRunner {
   private readonly queue: Transition[] = [];
   private running: { event: TransitionEvent; abort: AbortController } | null = null;
   private drained: Promise<void> = Promise.resolve();
   private draining = false;
+  private readonly http: HttpTarget | null;
 
-  constructor(private readonly options: HookOptions) {}
+  constructor(private readonly options: HookOptions) {
+    this.http = options.url === null ? null : httpTarget(options.url);
+  }
 
   enqueue(transition: Transition): void {
     if (transition.event === 'demote' && this.running?.event === 'promote') {
@@ -82,33 +97,40 @@ export class HookRunner {
 
   private async handle(transition: Transition): Promise<void> {
     const { event, leader } = transition;
-    const hasHook = this.options.exec[event] !== undefined || this.options.url !== null;
-    if (!hasHook) return;
+    const argv = this.options.exec[event];
+    const http = this.http;
+    if (!argv && !http) return;
     if (event === 'promote' && !(leader && this.options.holdsTerm(leader.fencingToken))) {
       this.options.log.warn({ fencingToken: leader?.fencingToken }, 'promote hook not started: the term is already over');
       return;
     }
     const facts = this.facts(transition);
     const abort = new AbortController();
+    const targets: Array<[HookTarget, () => Promise<void>]> = [];
+    if (argv) targets.push(['command', () => this.runExec(argv, facts, abort.signal)]);
+    if (http) targets.push(['url', () => this.runHttp(http, facts, abort.signal)]);
     this.running = { event, abort };
     const started = performance.now();
     let failure: string | null = null;
-    try {
-      const argv = this.options.exec[event];
-      if (argv) await this.runExec(argv, facts, abort.signal);
-      if (this.options.url) await this.runHttp(this.options.url, facts, abort.signal);
-    } catch (error) {
-      failure = errorMessage(error);
-    } finally {
-      this.running = null;
+    for (const [target, run] of targets) {
+      try {
+        await run();
+      } catch (error) {
+        const err = errorMessage(error);
+        failure ??= err;
+        this.options.log.error({ hook: event, target, fencingToken: facts.fencingToken, err }, 'hook failed');
+        // See the top of this file: only a promote stops at a failed target.
+        if (event === 'promote') break;
+      }
     }
+    this.running = null;
     const seconds = (performance.now() - started) / 1000;
+    // One run per event, failed if any of its targets failed.
     this.options.listener?.hookRun?.(event, seconds, failure !== null);
     if (failure === null) {
       this.options.log.info({ hook: event, fencingToken: facts.fencingToken, seconds }, 'hook succeeded');
       return;
     }
-    this.options.log.error({ hook: event, fencingToken: facts.fencingToken, err: failure }, 'hook failed');
     if (event === 'promote' && !abort.signal.aborted) this.options.promoteFailed(`promote hook failed: ${failure}`);
   }
 
@@ -128,7 +150,7 @@ export class HookRunner {
     const log = this.options.log.child({ hook: facts.event, command });
     return new Promise((resolve, reject) => {
       const child = spawn(command, args, {
-        env: { ...process.env, ...hookEnvironment(facts) },
+        env: { ...inheritedEnvironment(), ...hookEnvironment(facts) },
         stdio: ['ignore', 'pipe', 'pipe'],
         // Its own process group, so a timeout stops everything the hook started.
         detached: true,
@@ -137,37 +159,49 @@ export class HookRunner {
         createInterface({ input: child[stream] }).on('line', (line) => log.info({ stream, line }, 'hook output'));
       }
       let stopReason: string | null = null;
-      let killTimer: NodeJS.Timeout | undefined;
-      const stop = (why: string) => {
+      // A stopped hook is over only once its whole group is: something it started may ignore
+      // SIGTERM and outlive it, and must not survive into the next term or past leaderd.
+      let stopped: Promise<void> = Promise.resolve();
+      const stop = (why: string, graceMs: number) => {
         if (stopReason !== null) return;
         stopReason = why;
-        signalGroup(child.pid, 'SIGTERM');
-        killTimer = setTimeout(() => signalGroup(child.pid, 'SIGKILL'), Math.min(KILL_GRACE_MS, this.options.timeoutMs));
+        if (child.pid !== undefined) stopped = stopGroup(child.pid, graceMs);
       };
-      const timeout = setTimeout(() => stop(`timed out after ${this.options.timeoutMs / 1000} s`), this.options.timeoutMs);
-      const onCancel = () => stop('cancelled');
+      const timeout = setTimeout(
+        () => stop(`timed out after ${this.options.timeoutMs / 1000} s`, Math.min(KILL_GRACE_MS, this.options.timeoutMs)),
+        this.options.timeoutMs,
+      );
+      // Cancelled: a promote whose term has ended. It must not go on acting, and the demote waiting
+      // behind it must start now, not after a grace period: killed at once.
+      const onCancel = () => stop('cancelled', 0);
       cancel.addEventListener('abort', onCancel, { once: true });
       child.once('error', (error) => finish(`cannot run ${command}: ${error.message}`));
       // The hook is done when its process exits. Its output pipes may stay open for longer, held by
-      // something it started in the background: read what is left for a moment, then let go.
+      // something it started in the background: read what is left for a moment, then let go. A hook
+      // that exited by itself is not stopped any more: what it left running in the background (a
+      // daemon it started, say) is the application's.
       child.once('exit', (code, signal) => {
+        clearTimeout(timeout);
+        cancel.removeEventListener('abort', onCancel);
         const outcome = stopReason ?? (code === 0 ? null : signal ? `killed by ${signal}` : `exited with status ${code}`);
-        const drained = setTimeout(() => {
-          child.stdout?.destroy();
-          child.stderr?.destroy();
-          finish(outcome);
-        }, OUTPUT_DRAIN_MS);
-        child.once('close', () => {
-          clearTimeout(drained);
-          finish(outcome);
+        const output = new Promise<void>((done) => {
+          const drained = setTimeout(() => {
+            child.stdout?.destroy();
+            child.stderr?.destroy();
+            done();
+          }, OUTPUT_DRAIN_MS);
+          child.once('close', () => {
+            clearTimeout(drained);
+            done();
+          });
         });
+        void Promise.all([output, stopped]).then(() => finish(outcome));
       });
       let finished = false;
       function finish(failure: string | null): void {
         if (finished) return;
         finished = true;
         clearTimeout(timeout);
-        clearTimeout(killTimer);
         cancel.removeEventListener('abort', onCancel);
         if (failure === null) resolve();
         else reject(new Error(failure));
@@ -175,24 +209,83 @@ export class HookRunner {
     });
   }
 
-  private async runHttp(url: string, facts: HookFacts, cancel: AbortSignal): Promise<void> {
+  private async runHttp(target: HttpTarget, facts: HookFacts, cancel: AbortSignal): Promise<void> {
     const signal = AbortSignal.any([cancel, AbortSignal.timeout(this.options.timeoutMs)]);
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (target.authorization) headers.authorization = target.authorization;
     let response: Response;
     try {
-      response = await fetch(url, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify(facts),
-        signal,
-      });
+      response = await fetch(target.url, { method: 'POST', headers, body: JSON.stringify(facts), signal });
       await response.arrayBuffer();
     } catch (error) {
       if (cancel.aborted) throw new Error('cancelled');
       if (signal.aborted) throw new Error(`timed out after ${this.options.timeoutMs / 1000} s`);
-      throw new Error(`POST ${redactUrl(url)}: ${errorMessage(error)}`);
+      // fetch's own messages may quote the URL: scrub them.
+      throw new Error(`POST ${target.shown}: ${target.scrub(fetchFailure(error))}`);
     }
-    if (!response.ok) throw new Error(`POST ${redactUrl(url)} answered ${response.status}`);
+    if (!response.ok) throw new Error(`POST ${target.shown} answered ${response.status}`);
   }
+}
+
+/** Where the HTTP hook posts, and what of it must never reach a log. */
+interface HttpTarget {
+  /** The URL without its credentials: fetch refuses URLs that carry any. */
+  readonly url: string;
+  /** `Basic …` from the URL's credentials, or null without any. */
+  readonly authorization: string | null;
+  /** The URL as logs show it. */
+  readonly shown: string;
+  /** Removes every form of the URL and its credentials from a message. */
+  scrub(message: string): string;
+}
+
+function httpTarget(raw: string): HttpTarget {
+  const url = new URL(raw);
+  const { username, password, search } = url;
+  const userinfo = username || password ? `${username}:${password}` : '';
+  const credentials = userinfo && `${decodeUserinfo(username)}:${decodeUserinfo(password)}`;
+  const token = credentials && Buffer.from(credentials, 'utf8').toString('base64');
+  const withCredentials = url.href;
+  url.username = url.password = '';
+  const shown = redactUrl(url.href);
+  // Longest first, so a whole URL is replaced before any part of it.
+  const secrets: Array<[string, string]> = [
+    [raw, shown],
+    [withCredentials, shown],
+    [url.href, shown],
+    [token, '***'],
+    [userinfo, '***'],
+    [credentials, '***'],
+    [username, '***'],
+    [decodeUserinfo(username), '***'],
+    [password, '***'],
+    [decodeUserinfo(password), '***'],
+    // Logs never show the query either (see redactUrl): it may carry a token.
+    [search, '?…'],
+  ];
+  const scrubbed = secrets.filter(([secret]) => secret !== '').sort(([a], [b]) => b.length - a.length);
+  return {
+    url: url.href,
+    authorization: token ? `Basic ${token}` : null,
+    shown,
+    scrub: (message) => scrubbed.reduce((text, [secret, replacement]) => text.replaceAll(secret, replacement), message),
+  };
+}
+
+/** A URL's percent-encoded user or password as the user meant it; a stray "%" is taken literally. */
+function decodeUserinfo(encoded: string): string {
+  try {
+    return decodeURIComponent(encoded);
+  } catch {
+    return encoded;
+  }
+}
+
+/** fetch's error, with its cause: "fetch failed" alone does not say why. */
+function fetchFailure(error: unknown): string {
+  const message = errorMessage(error);
+  const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : '';
+  return cause ? `${message}: ${cause}` : message;
 }
 
 export function hookEnvironment(facts: HookFacts): Record<string, string> {
@@ -207,23 +300,84 @@ export function hookEnvironment(facts: HookFacts): Record<string, string> {
   };
 }
 
-/** A URL without credentials, for logs. */
+/**
+ * leaderd's environment without its own settings (LEADERD_*): some are secrets (the admin token,
+ * the Consul token, ZooKeeper credentials, a hook URL's credentials), and a hook that prints its
+ * environment would put them in the log. A hook's LEADERD_* variables are the facts it is told.
+ */
+function inheritedEnvironment(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('LEADERD_')));
+}
+
+/** A URL without credentials or query, for logs. */
 export function redactUrl(raw: string): string {
   try {
     const url = new URL(raw);
     if (url.username || url.password) url.username = url.password = '***';
-    url.search = url.search ? '?…' : '';
-    return url.toString();
+    // Appended, not set: URL would percent-encode the ellipsis.
+    const query = url.search ? '?…' : '';
+    url.search = url.hash = '';
+    return `${url.toString()}${query}`;
   } catch {
     return '<invalid url>';
   }
 }
 
-function signalGroup(pid: number | undefined, signal: NodeJS.Signals): void {
-  if (pid === undefined) return;
+/**
+ * Stops process group `pgid`: SIGTERM, then SIGKILL to whatever is left after `graceMs`. Resolves
+ * once the group is gone, or has been SIGKILLed and given a moment to die.
+ */
+async function stopGroup(pgid: number, graceMs: number): Promise<void> {
+  signalGroup(pgid, 'SIGTERM');
+  if (await groupGone(pgid, performance.now() + graceMs)) return;
+  signalGroup(pgid, 'SIGKILL');
+  await groupGone(pgid, performance.now() + KILL_SETTLE_MS);
+}
+
+/** Resolves with true once process group `pgid` has no live members, false if it still has some at `deadline`. */
+async function groupGone(pgid: number, deadline: number): Promise<boolean> {
+  while (groupAlive(pgid)) {
+    if (performance.now() >= deadline) return false;
+    await new Promise((wake) => setTimeout(wake, GROUP_POLL_MS));
+  }
+  return true;
+}
+
+/**
+ * True while process group `pgid` has a member that has not exited. kill() also counts exited
+ * members nobody has reaped yet (orphans go to PID 1, which need not reap them); /proc tells
+ * those apart, where there is one.
+ */
+function groupAlive(pgid: number): boolean {
+  if (!signalGroup(pgid, 0)) return false;
+  let entries: string[];
   try {
-    process.kill(-pid, signal);
+    entries = readdirSync('/proc');
   } catch {
-    // already gone
+    return true;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') return true;
+  }
+  return false;
+}
+
+/** Sends `signal` (0: none, only a check) to process group `pgid`; false when it has no members. */
+function signalGroup(pgid: number, signal: NodeJS.Signals | 0): boolean {
+  try {
+    process.kill(-pgid, signal);
+    return true;
+  } catch (error) {
+    // ESRCH: already gone. EPERM: members left that are not ours to signal.
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }

@@ -52,17 +52,22 @@ describe('configuration', () => {
     expect(config(['--admin-token-file', file]).warnings).toEqual([]);
   });
 
+  it('compares the deadline margin in whole milliseconds, not in binary fractions', () => {
+    expect(config(['--ttl', '1.13', '--renew-deadline', '0.88']).renewDeadlineSeconds).toBe(0.88);
+  });
+
   it('holds a secret to one rule wherever it comes from, and warns about a file others can read', () => {
     const file = scratchFile('short-token');
     writeFileSync(file, 'x\n', { mode: 0o600 });
     expect(() => config(['--admin-token-file', file])).toThrow(/^admin-token-file: .* must hold at least 8 characters without spaces$/);
     expect(config(['--admin-token', 'eight-ch']).adminToken).toBe('eight-ch');
     expect(config([], { LEADERD_ADMIN_TOKEN: 'eight-ch' }).adminToken).toBe('eight-ch');
+    expect(config(['--zk-auth', 'user:pass word']).zookeeper.auth).toBe('user:pass word');
     const readable = scratchFile('readable-token');
     writeFileSync(readable, 'a-long-admin-token\n');
     chmodSync(readable, 0o644);
     expect(config(['--admin-token-file', readable]).warnings).toEqual([
-      `admin-token-file: ${readable} can be read by other users (mode 644); chmod 600 it`,
+      `admin-token-file: ${readable} can be read by other users (mode 644); chmod 600 it (on a Kubernetes secret volume: defaultMode 0400)`,
     ]);
   });
 
@@ -111,6 +116,9 @@ describe('configuration', () => {
     ['both ZooKeeper credential sources', ['--zk-auth', 'u:p', '--zk-auth-file', '/dev/null'], {}, /^zk-auth: give either/],
     ['a ZooKeeper renew deadline above half the ttl', ['--backend', 'zookeeper', '--ttl', '10', '--renew-deadline', '9'], {}, /^renew-deadline: must be at most half the ttl on ZooKeeper \(9 s > 5 s\)/],
     ['a renew deadline closer than 0.25 s to the lease', ['--ttl', '3', '--renew-deadline', '2.9'], {}, /^renew-deadline: must end at least 0.25 s before the ttl \(2.9 s > 2.75 s\)$/],
+    ['a ttl longer than a timer can hold', ['--ttl', '1e9'], {}, /^ttl: must be at most 86400 \(a day\)$/],
+    ['a ZooKeeper ttl too short for a margin after half of it', ['--backend', 'zookeeper', '--ttl', '1'], {}, /^ttl: 1 s is below the zookeeper backend's minimum of 1.5 s$/],
+    ['a default Consul lock-delay beyond the 60 s Consul honours', ['--backend', 'consul', '--ttl', '300', '--consul-check-ttl', '100'], {}, /^renew-deadline: on Consul at most 59.75 s/],
     ['a fractional ttl on etcd, whose leases are whole seconds', ['--backend', 'etcd', '--ttl', '2.5'], {}, /^ttl: etcd leases are whole seconds, got 2.5$/],
     ['a short admin token from a flag', ['--admin-token', 'x'], {}, /^admin-token: must be at least 8 characters without spaces$/],
     ['a short admin token from the environment', [], { LEADERD_ADMIN_TOKEN: 'x' }, /^admin-token: must be at least 8 characters without spaces$/],
