@@ -28,7 +28,7 @@ export interface Candidate {
 export interface Leader extends Candidate {
   /**
    * Strictly larger for every later term of leadership in the same election (etcd: the leader
-   * key's create revision; local: a counter on disk). Applications fence writes with it.
+   * key's create revision; local: the larger of a counter on disk and the wall clock in ms). Applications fence writes with it.
    */
   readonly fencingToken: number;
 }

@@ -6,7 +6,7 @@
  * the setting and the relation that is broken.
  */
 import { readFileSync, statSync } from 'node:fs';
-import { hostname, tmpdir } from 'node:os';
+import { homedir, hostname } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parse as parseShellWords } from 'shell-quote';
@@ -284,6 +284,17 @@ const url = (schemes: string[]) =>
     }
   }, `must be a URL (${schemes.join(' or ')})`);
 
+/**
+ * Where the local backend keeps its lock and fencing counter by default: state that must outlive
+ * reboots and tmp cleaners, never $TMPDIR. XDG's state directory for users (a relative
+ * XDG_STATE_HOME is ignored, as the spec says), /var/lib for root.
+ */
+function defaultLocalDir(): string {
+  if (process.getuid?.() === 0) return '/var/lib/leaderd';
+  const state = process.env.XDG_STATE_HOME;
+  return join(state?.startsWith('/') ? state : join(homedir(), '.local', 'state'), 'leaderd');
+}
+
 const schema = z.object({
   backend: z.string().default('local'),
   election: text
@@ -311,7 +322,7 @@ const schema = z.object({
   'consul-check-ttl': seconds(1).default(3),
   'consul-lock-delay': seconds(0).refine((n) => n <= CONSUL_MAXIMUM_LOCK_DELAY_SECONDS, `must be at most ${CONSUL_MAXIMUM_LOCK_DELAY_SECONDS}`).optional(),
   'consul-datacenter': text.optional(),
-  'local-dir': text.default(process.getuid?.() === 0 ? '/var/lib/leaderd' : join(process.env.XDG_STATE_HOME?.startsWith('/') ? process.env.XDG_STATE_HOME : join(process.env.HOME ?? '/', '.local', 'state'), 'leaderd')).pipe(z.string().min(1)),
+  'local-dir': text.default(defaultLocalDir()).pipe(z.string().min(1)),
   'on-promote': command.optional(),
   'on-demote': command.optional(),
   'on-leader-change': command.optional(),
