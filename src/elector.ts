@@ -114,7 +114,7 @@ export class Elector {
   private loopWake: (() => void) | null = null;
   private loopDone: Promise<void> = Promise.resolve();
   /** Ended sessions still being released (once the hooks have settled); a shutdown waits for them. */
-  private releasing: Promise<unknown> = Promise.resolve();
+  private releasing: Promise<void> = Promise.resolve();
 
   constructor(private readonly options: ElectorOptions) {}
 
@@ -179,18 +179,21 @@ export class Elector {
   /** Demotes if primary, releases leadership, ends the session. */
   async stop(): Promise<void> {
     if (this.phase !== 'running') return this.loopDone;
+    const wasPrimary = this.published.role === 'primary';
     this.phase = 'stopping';
     this.campaigning = false;
     clearTimeout(this.holdOffTimer);
     this.reconcile('shutdown');
-    // The lease is renewed until the application has acted on the demote: letting it lapse
-    // earlier would let a successor be promoted while this node's demote hook still runs.
-    await this.options.settle();
+    // A primary's lease is renewed until the application has acted on the demote: letting it
+    // lapse earlier would let a successor be promoted while this node's demote hook still runs.
+    // (Hook runs are bounded, see hooks.ts, so this ends.) A replica has nothing to hold.
+    if (wasPrimary) await this.options.settle();
     this.phase = 'releasing';
     clearInterval(this.clockCheck);
     this.wakeLoop();
     await this.loopDone;
     clearTimeout(this.deadlineTimer);
+    await this.options.settle();
     const session = this.session;
     this.session = null;
     this.attempt = null;
@@ -390,7 +393,7 @@ export class Elector {
       .settle()
       .then(() => this.request('close', () => session.close()))
       .catch(() => undefined);
-    this.releasing = Promise.all([this.releasing, released]);
+    this.releasing = Promise.all([this.releasing, released]).then(() => undefined);
     this.wakeLoop();
   }
 

@@ -14,11 +14,11 @@
  * did not happen.
  */
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Transition, TransitionEvent } from './elector.js';
 import { errorMessage } from './elector.js';
 import type { Logger } from './log.js';
+import { stopGroup, type GroupStop } from './process-group.js';
 
 /** What a hook is told, as environment variables (exec) or as a JSON body (HTTP). */
 export interface HookFacts {
@@ -51,10 +51,6 @@ export interface HookOptions {
 
 /** Grace between SIGTERM and SIGKILL for an exec hook that overran. */
 const KILL_GRACE_MS = 5000;
-/** How often a stopped hook's process group is checked for members left. */
-const GROUP_POLL_MS = 50;
-/** How long to wait for a SIGKILLed group to vanish (a process in uninterruptible sleep dies late). */
-const KILL_SETTLE_MS = 1000;
 /** How long output is still read after a hook exited, from pipes something else holds open. */
 const OUTPUT_DRAIN_MS = 200;
 
@@ -161,11 +157,18 @@ export class HookRunner {
       let stopReason: string | null = null;
       // A stopped hook is over only once its whole group is: something it started may ignore
       // SIGTERM and outlive it, and must not survive into the next term or past leaderd.
-      let stopped: Promise<void> = Promise.resolve();
+      let stopping: GroupStop | null = null;
       const stop = (why: string, graceMs: number) => {
-        if (stopReason !== null) return;
+        if (stopping) {
+          // Already stopping on a timeout, now cancelled too: no more grace.
+          if (graceMs === 0) stopping.killNow();
+          return;
+        }
         stopReason = why;
-        if (child.pid !== undefined) stopped = stopGroup(child.pid, graceMs);
+        if (child.pid === undefined) return;
+        stopping = stopGroup(child.pid, graceMs);
+        // Over once the group is, even if the hook's own exit is never reported (stopGroup).
+        void stopping.done.then(() => finish(stopReason));
       };
       const timeout = setTimeout(
         () => stop(`timed out after ${this.options.timeoutMs / 1000} s`, Math.min(KILL_GRACE_MS, this.options.timeoutMs)),
@@ -195,7 +198,7 @@ export class HookRunner {
             done();
           });
         });
-        void Promise.all([output, stopped]).then(() => finish(outcome));
+        void Promise.all([output, stopping?.done]).then(() => finish(outcome));
       });
       let finished = false;
       function finish(failure: string | null): void {
@@ -320,64 +323,5 @@ export function redactUrl(raw: string): string {
     return `${url.toString()}${query}`;
   } catch {
     return '<invalid url>';
-  }
-}
-
-/**
- * Stops process group `pgid`: SIGTERM, then SIGKILL to whatever is left after `graceMs`. Resolves
- * once the group is gone, or has been SIGKILLed and given a moment to die.
- */
-async function stopGroup(pgid: number, graceMs: number): Promise<void> {
-  signalGroup(pgid, 'SIGTERM');
-  if (await groupGone(pgid, performance.now() + graceMs)) return;
-  signalGroup(pgid, 'SIGKILL');
-  await groupGone(pgid, performance.now() + KILL_SETTLE_MS);
-}
-
-/** Resolves with true once process group `pgid` has no live members, false if it still has some at `deadline`. */
-async function groupGone(pgid: number, deadline: number): Promise<boolean> {
-  while (groupAlive(pgid)) {
-    if (performance.now() >= deadline) return false;
-    await new Promise((wake) => setTimeout(wake, GROUP_POLL_MS));
-  }
-  return true;
-}
-
-/**
- * True while process group `pgid` has a member that has not exited. kill() also counts exited
- * members nobody has reaped yet (orphans go to PID 1, which need not reap them); /proc tells
- * those apart, where there is one.
- */
-function groupAlive(pgid: number): boolean {
-  if (!signalGroup(pgid, 0)) return false;
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return true;
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-    } catch {
-      continue; // gone meanwhile
-    }
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(pgrp) === pgid && state !== 'Z' && state !== 'X') return true;
-  }
-  return false;
-}
-
-/** Sends `signal` (0: none, only a check) to process group `pgid`; false when it has no members. */
-function signalGroup(pgid: number, signal: NodeJS.Signals | 0): boolean {
-  try {
-    process.kill(-pgid, signal);
-    return true;
-  } catch (error) {
-    // ESRCH: already gone. EPERM: members left that are not ours to signal.
-    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }

@@ -3,7 +3,7 @@
  * fails, stopping a hook's whole process group, credentials in --hook-url, and what a hook command
  * inherits. All on the local backend; the hook machinery does not depend on the backend.
  */
-import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,16 +12,19 @@ import { newElection, sample, scrape } from './conformance.js';
 import { startHookRecorder, type HookRecorder } from './fixtures/hook-recorder.js';
 import { freePort } from './harness/ports.js';
 import { Sidecar } from './harness/sidecar.js';
+import { until } from './chaos/world.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'leaderd-hooks-'));
-const args = (ttlSeconds = 2) => ['--backend', 'local', '--local-dir', dir, '--election', newElection(), '--ttl', String(ttlSeconds)];
+const args = (ttlSeconds = 2, election = newElection()) => ['--backend', 'local', '--local-dir', dir, '--election', election, '--ttl', String(ttlSeconds)];
+const HANG_HOOK = fileURLToPath(new URL('./fixtures/hang-hook.mjs', import.meta.url));
+const FROZEN_HOOK = fileURLToPath(new URL('./fixtures/frozen-hook.sh', import.meta.url));
 const TERM_IGNORING_HOOK = `/bin/sh ${fileURLToPath(new URL('./fixtures/term-ignoring-hook.sh', import.meta.url))}`;
 
 const sidecars: Sidecar[] = [];
 const recorders: HookRecorder[] = [];
 
-async function start(id: string, extra: string[], ttlSeconds?: number): Promise<Sidecar> {
-  const sidecar = await Sidecar.start(id, [...args(ttlSeconds), ...extra]);
+async function start(id: string, extra: string[], ttlSeconds?: number, election?: string): Promise<Sidecar> {
+  const sidecar = await Sidecar.start(id, [...args(ttlSeconds, election), ...extra]);
   sidecars.push(sidecar);
   return sidecar;
 }
@@ -166,6 +169,50 @@ describe('hooks: a promote cut short by a demote', () => {
     // The node's deadline may already have passed: its demote must not wait out the 5 s grace a
     // timed-out hook gets.
     expect(Date.parse(String(demoted.time)) - Date.parse(String(shutdown.time))).toBeLessThan(1500);
+  });
+
+  it('is killed at once when it had already timed out and was waiting out its grace period', async () => {
+    const pidFile = join(dir, 'grace-pid');
+    const node = await start('hooks-in-grace', [
+      '--on-promote', `${process.execPath} ${HANG_HOOK} ${pidFile}`, '--on-demote', 'true', '--hook-timeout', '4', '--promote-failure', 'ignore',
+    ]);
+    // The promote timed out: SIGTERM went to its group, which ignores it, and a 4 s grace runs.
+    await node.waitForLog((l) => l.msg === 'hook output' && l.line === 'ignoring SIGTERM', 20000, 'the timed-out promote');
+    const exit = node.stop();
+    const shutdown = await node.waitForLog((l) => l.msg === 'shutting down', 10000, 'shutdown');
+    const demoted = await node.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'demote', 20000, 'demote');
+    expect((await exit).code).toBe(0);
+    expect(isAlive(Number(readFileSync(pidFile, 'utf8')))).toBe(false);
+    expect(Date.parse(String(demoted.time)) - Date.parse(String(shutdown.time))).toBeLessThan(1500);
+  });
+});
+
+describe('hooks: a hook that cannot be killed', () => {
+  const group = `leaderd-test-${process.pid}`;
+  const freezer = `/sys/fs/cgroup/freezer/${group}`;
+  afterEach(async () => {
+    // Thaw, so that what the test froze can die (its SIGKILL is pending), then remove the group.
+    if (!existsSync(freezer)) return;
+    writeFileSync(join(freezer, 'freezer.state'), 'THAWED');
+    const empty = () => readFileSync(join(freezer, 'cgroup.procs'), 'utf8').trim() === '';
+    expect(await until(async () => empty(), 10000)).toBe(true);
+    rmdirSync(freezer);
+  });
+
+  it('holds up neither the demote queue nor the shutdown past the timeout, the grace and a moment', async () => {
+    expect(existsSync('/sys/fs/cgroup/freezer'), 'this test needs the cgroup-v1 freezer').toBe(true);
+    const election = newElection();
+    const node = await start('hooks-unkillable', ['--on-demote', `/bin/sh ${FROZEN_HOOK} ${group}`, '--hook-timeout', '2'], undefined, election);
+    const successor = await start('hooks-unkillable-successor', [], undefined, election);
+    await node.waitForRole('primary', 10000);
+    const stoppedAt = performance.now();
+    const exit = node.stop();
+    await node.waitForLog((l) => l.msg === 'hook output' && /^frozen \d+$/.test(String(l.line)), 10000, 'the frozen demote');
+    // Timeout 2 s, grace 2 s (the timeout, being shorter than 5 s), 1 s to die: then it is over.
+    expect(await exit).toEqual({ code: 0, signal: null });
+    expect(performance.now() - stoppedAt).toBeLessThan(10000);
+    expect(node.logs.find((l) => l.msg === 'hook failed' && l.hook === 'demote')?.err).toBe('timed out after 2 s');
+    await successor.waitForRole('primary', 10000);
   });
 });
 
