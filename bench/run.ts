@@ -363,7 +363,7 @@ async function crashSection(servers: Servers, arrivals: Arrivals, out: Out): Pro
     BACKENDS.includes('consul') ? failovers(consulLockElection(servers, arrivals), 'SIGKILL', 1, 120000) : [],
   ]);
   const rows: Array<{ backend: BackendName; label: string; extra: string[] }> = BACKENDS.map((backend) => ({ backend, label: backend, extra: [] }));
-  // leaderd's Consul lock-delay (the renew deadline) is a safety margin that crash failover pays.
+  // leaderd's Consul lock-delay (the renew deadline + 0.25 s) is a safety margin that crash failover pays.
   if (BACKENDS.includes('consul')) rows.push({ backend: 'consul', label: 'consul, `--consul-lock-delay 0`', extra: ['--consul-lock-delay', '0'] });
   for (const { backend, label, extra } of rows) {
     const ours = summarize(await failovers(leaderdElection(servers, backend, arrivals, extra), 'SIGKILL', 3, TTL_MS * 3));
