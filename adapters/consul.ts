@@ -14,11 +14,19 @@
  * everyone watches it with blocking queries. The fencing token is the key's ModifyIndex while
  * held: the Raft index of the acquire, which only grows across the whole cluster, even when the
  * key is deleted and created again (a LockIndex would restart at 1 on a new key).
+ *
+ * The lock is held by this session only while it campaigns. An acquire can land after the client
+ * gave up on it, and so after a withdraw (a resign during a server election): the watch then
+ * shows the lock held by a session that is out of the race, which would keep it, renewed, with no
+ * primary anywhere. Such a lock is released as soon as the watch shows it.
+ *
+ * What the lock holds is read defensively: a value that is not leaderd's {id, address} names the
+ * holder by its session, with one warning per holder.
  */
 import { randomBytes } from 'node:crypto';
 import Consul from 'consul';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { SessionLostError, started } from '../src/backend.js';
+import { SessionLostError, started, candidateFrom } from '../src/backend.js';
 import { errorMessage } from '../src/elector.js';
 
 export interface ConsulOptions {
@@ -71,7 +79,11 @@ class ConsulSession implements Session {
   /** The lock as the watch last saw it: the watch's answers arrive in order, nothing else's do. */
   private current: KvItem | null = null;
   private acquiring: Promise<void> | null = null;
+  /** Releasing a lock that landed while out of the race; one release at a time. */
+  private releasingStray: Promise<void> | null = null;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** The last holder whose value was reported as not leaderd's. */
+  private notedHolder: string | null = null;
 
   constructor(
     private readonly client: Consul,
@@ -111,7 +123,7 @@ class ConsulSession implements Session {
       this.client.session.create({
         name: `leaderd ${election} ${candidate.id}`,
         ttl: `${this.options.sessionTtlSeconds}s`,
-        lockdelay: `${Math.round(this.options.lockDelaySeconds * 1000)}ms`,
+        lockdelay: `${Math.ceil(this.options.lockDelaySeconds * 1000)}ms`,
         behavior: 'release',
         checks: ['serfHealth', this.checkId],
         ...this.timeout,
@@ -185,8 +197,36 @@ class ConsulSession implements Session {
     if (this.closed) return;
     this.current = item;
     const held = item?.Session ? item : null;
-    this.context.events.view({ leader: held ? leaderFrom(held) : null, isSelf: held !== null && held.Session === this.sessionId });
+    const isSelf = held !== null && held.Session === this.sessionId;
+    this.context.events.view({ leader: held ? this.leaderFrom(held) : null, isSelf });
+    if (isSelf && !this.campaigning) this.releaseStray();
     if (!held && this.campaigning) void this.tryAcquire();
+  }
+
+  /** leaderd's {id, address}; anything else is named by its session, with one warning per holder. */
+  private leaderFrom(item: KvItem): Leader {
+    const ours = candidateFrom(item.Value ?? '');
+    if (ours) return { ...ours, fencingToken: item.ModifyIndex };
+    if (this.notedHolder !== item.Session) {
+      this.notedHolder = item.Session ?? null;
+      this.context.log.warn({ key: this.key, session: item.Session }, 'the Consul lock does not hold leaderd\'s {id, address}: naming its holder by its session');
+    }
+    return { id: `session ${item.Session}`, address: '', fencingToken: item.ModifyIndex };
+  }
+
+  /**
+   * The lock is ours while we are out of the race: an acquire landed after we stopped waiting for
+   * it. Kept, it would be renewed with every renewal and no one would lead; released, the next
+   * candidate acquires it. The view already names no primary here: the core is not campaigning.
+   */
+  private releaseStray(): void {
+    if (this.releasingStray) return;
+    this.context.log.warn({ key: this.key, session: this.sessionId }, 'the Consul lock is held by this session while out of the race: releasing it');
+    this.releasingStray = this.release()
+      .catch((error) => this.context.log.warn({ err: errorMessage(error) }, 'cannot release the Consul lock; the next answer of the watch tries again'))
+      .finally(() => {
+        this.releasingStray = null;
+      });
   }
 
   /**
@@ -245,19 +285,6 @@ class ConsulSession implements Session {
   }
 }
 
-function leaderFrom(item: KvItem): Leader {
-  let parsed: { id?: unknown; address?: unknown } = {};
-  try {
-    parsed = JSON.parse(Buffer.from(item.Value ?? '', 'utf8').toString());
-  } catch {
-    // a lock not written by leaderd
-  }
-  return {
-    id: typeof parsed.id === 'string' ? parsed.id : `session ${item.Session}`,
-    address: typeof parsed.address === 'string' ? parsed.address : '',
-    fencingToken: item.ModifyIndex,
-  };
-}
 
 function statusOf(error: unknown): number | undefined {
   const e = error as { statusCode?: number; response?: { statusCode?: number } } | null;

@@ -24,11 +24,16 @@
  *
  * The client library's retries, circuit breaker and `lost` event are not used: every request
  * has a deadline, and the core decides what a failure means.
+ *
+ * Other writers share the prefix. `etcdctl elect PREFIX/ELECTION PROPOSAL` is a candidate like
+ * ours (same key layout, a lease, its proposal as a plain-text value), named by its proposal. A
+ * key without a lease cannot be a candidate: nothing would ever remove it, so it would lead for
+ * ever; it is ignored, with one warning. What a value says is read defensively and never throws.
  */
 import { Etcd3, type IEvent, type IKeyValue, type Watcher } from 'etcd3';
 import { ExponentialBackoff, noop } from 'cockatiel';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
+import { BackendConfigError, SessionLostError, started, candidateFrom, isCandidateName } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
@@ -80,6 +85,8 @@ class EtcdSession implements Session {
   private closed = false;
   /** The candidates by key, as of the last read plus every watch event since. */
   private candidates = new Map<string, IKeyValue>();
+  /** Keys already reported in the log (without a lease, or naming no one), by create revision. */
+  private readonly noted = new Map<string, string>();
   /**
    * The revision `candidates` is complete through: the last read's, then the last watch event's.
    * Events at or below it are already in. Null until a read follows the current watch; that
@@ -249,27 +256,37 @@ class EtcdSession implements Session {
     this.report();
   }
 
-  /** The lowest create revision leads. */
+  /** The lowest create revision among the keys with a lease leads. */
   private report(): void {
+    for (const key of this.noted.keys()) if (!this.candidates.has(key)) this.noted.delete(key);
     let first: IKeyValue | null = null;
     for (const kv of this.candidates.values()) {
+      if (kv.lease === '0') {
+        this.noteOnce(kv, 'ignoring a key without a lease under the election');
+        continue;
+      }
       if (!first || BigInt(kv.create_revision) < BigInt(first.create_revision)) first = kv;
     }
     this.context.events.view({ leader: first ? this.leaderFrom(first) : null, isSelf: first?.key.toString() === this.ownKey });
   }
 
+  /** leaderd's {id, address}; else the plain-text proposal of `etcdctl elect`; else the key. */
   private leaderFrom(kv: IKeyValue): Leader {
-    let parsed: { id?: unknown; address?: unknown } = {};
-    try {
-      parsed = JSON.parse(kv.value.toString());
-    } catch {
-      this.context.log.warn({ key: kv.key.toString() }, 'leader key does not hold leaderd JSON');
-    }
-    return {
-      id: typeof parsed.id === 'string' ? parsed.id : kv.key.toString(),
-      address: typeof parsed.address === 'string' ? parsed.address : '',
-      fencingToken: Number(kv.create_revision),
-    };
+    const fencingToken = Number(kv.create_revision);
+    const text = kv.value.toString();
+    const ours = candidateFrom(text);
+    if (ours) return { ...ours, fencingToken };
+    if (isCandidateName(text)) return { id: text, address: text, fencingToken };
+    this.noteOnce(kv, 'the leading key names no candidate: naming it by its key');
+    return { id: kv.key.toString(), address: '', fencingToken };
+  }
+
+  /** Logs a warning about a key once, not on every event that shows it again. */
+  private noteOnce(kv: IKeyValue, message: string): void {
+    const key = kv.key.toString();
+    if (this.noted.get(key) === kv.create_revision) return;
+    this.noted.set(key, kv.create_revision);
+    this.context.log.warn({ key, createRevision: kv.create_revision }, message);
   }
 
   /**
@@ -278,16 +295,23 @@ class EtcdSession implements Session {
    */
   private async watch(): Promise<void> {
     const watcher = this.client.watch().prefix(this.directory).watcher();
-    // A watch being cancelled may still deliver: only the current one speaks.
-    watcher.on('data', (response) => {
-      if (this.watcher === watcher) this.apply(response.events);
-    });
-    const replace = (what: string) => (error: Error) => {
+    const replace = (what: string) => (error: unknown) => {
       if (this.watcher !== watcher) return;
       this.context.log.warn({ err: errorMessage(error) }, `${what}; watching and reading the election again`);
       this.unwatch();
       this.sync();
     };
+    // A watch being cancelled may still deliver: only the current one speaks. An event that
+    // cannot be applied would be thrown out of the client's stream handler, which ends the
+    // process: the copy is rebuilt from a read instead.
+    watcher.on('data', (response) => {
+      if (this.watcher !== watcher) return;
+      try {
+        this.apply(response.events);
+      } catch (error) {
+        replace('cannot apply a watch event')(error);
+      }
+    });
     // Refused, or compacted past our revision; or its stream broke (see the module comment).
     watcher.on('error', replace('watch failed'));
     watcher.on('disconnected', replace('watch stream lost'));

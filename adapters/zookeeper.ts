@@ -11,14 +11,26 @@
  * later arrivals sort after them), one small read each, not a full listing.
  *
  * A create whose reply was lost is found again by its guid. Leadership is claimed only for a
- * node whose ephemeralOwner is this session. A renewal is a `sync`, which the ensemble's leader
- * must answer, so it proves the session is alive where sessions are expired.
+ * node whose ephemeralOwner is this session. A renewal is a `sync`. Answered through a follower,
+ * it touches the session at the ensemble leader (where sessions are expired) only with the
+ * follower's next ping, and not at all if that ping is lost: the config caps the renew deadline at
+ * half the session timeout for that reason (adapters/index.ts).
+ *
+ * The session timeout is the lease: it must be the ttl on every connection, not only the first.
+ * Each server bounds it by its own min/max when a client reconnects, and the client asks for the
+ * value it was given on every later reconnect, so a session that came back with another timeout
+ * is given up as lost. A server that cannot grant the ttl refuses the configuration when leaderd
+ * starts; once a session has been granted it, such a server is a misconfigured member, and opening
+ * is tried again.
+ *
+ * What a candidate node holds is read defensively: anything but leaderd's {id, address} names the
+ * candidate by its node, with one warning.
  */
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type ZooKeeperClient from 'zookeeper';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
+import { BackendConfigError, SessionLostError, started, candidateFrom } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
@@ -43,11 +55,13 @@ const CANDIDATE = /^([0-9a-f]{32})-n_(\d{10})$/;
 
 export class ZookeeperBackend implements Backend {
   readonly kind = 'zookeeper';
+  /** Whether a session was ever granted the ttl: from then on a server that bounds it lower is not a configuration error. */
+  private readonly granted = { once: false };
 
   constructor(private readonly options: ZookeeperOptions) {}
 
   open(context: SessionContext): Promise<Session> {
-    return started(new ZookeeperSession(this.options, `${this.options.prefix}/${context.election}`, context));
+    return started(new ZookeeperSession(this.options, `${this.options.prefix}/${context.election}`, context, this.granted));
   }
 
   async shutdown(): Promise<void> {}
@@ -67,11 +81,14 @@ class ZookeeperSession implements Session {
   private closed = false;
   private syncing: Promise<void> | null = null;
   private syncAgain: 'list' | 'follow' | null = null;
+  /** Candidate nodes whose data was already reported as not leaderd's. */
+  private readonly noted = new Set<string>();
 
   constructor(
     private readonly options: ZookeeperOptions,
     private readonly path: string,
     private readonly context: SessionContext,
+    private readonly granted: { once: boolean },
   ) {}
 
   async start(): Promise<void> {
@@ -95,24 +112,45 @@ class ZookeeperSession implements Session {
       zk.once('close', fail);
       zk.init({});
     });
-    zk.on('close', (state: number) => {
+    // The client passes itself first, then the state it closed in. It reports "expired" both for
+    // a session the ensemble expired and for one it gave up on itself (see the README).
+    zk.on('close', (_client: unknown, state: number) => {
       if (this.closed) return;
-      const why = state === this.constants.ZOO_EXPIRED_SESSION_STATE ? 'the ZooKeeper session expired' : `the ZooKeeper session closed (${state})`;
+      const why =
+        state === this.constants.ZOO_EXPIRED_SESSION_STATE
+          ? 'the ZooKeeper client closed the session as expired'
+          : `the ZooKeeper session closed (state ${state})`;
       this.context.events.lost(new SessionLostError(why));
     });
     zk.on('connecting', () => this.context.log.warn('connection to ZooKeeper lost; reconnecting'));
     zk.on('connect', () => {
-      this.context.log.info('reconnected to ZooKeeper');
+      if (this.closed) return;
+      // The server it reconnected to may bound the timeout otherwise, and the client asks for the
+      // last one granted on every later reconnect: a session whose timeout is no longer the ttl
+      // could expire before the core's deadline, so it is not kept.
+      const renegotiated = zk.timeout;
+      if (renegotiated !== timeoutMs) {
+        this.context.log.warn({ sessionTimeoutMs: renegotiated, askedMs: timeoutMs }, 'ZooKeeper changed the session timeout on reconnecting');
+        this.context.events.lost(
+          new SessionLostError(`ZooKeeper changed the session timeout to ${renegotiated / 1000} s on reconnecting (the ttl is ${this.context.ttlSeconds} s)`),
+        );
+        return;
+      }
+      this.context.log.info({ sessionTimeoutMs: renegotiated }, 'reconnected to ZooKeeper');
       this.sync('list');
     });
 
     const negotiated = zk.timeout;
     if (negotiated !== timeoutMs) {
+      const bounds = `ZooKeeper negotiated a ${negotiated / 1000} s session for the ${this.context.ttlSeconds} s asked`;
+      // Granted before, by another server: this one is configured otherwise. Another try may
+      // reach a server that grants the ttl; stopping leaderd would not help.
+      if (this.granted.once) throw new Error(`${bounds}: this server bounds session timeouts otherwise than the ensemble did before`);
       throw new BackendConfigError(
-        `ttl: ZooKeeper negotiated a ${negotiated / 1000} s session for the ${this.context.ttlSeconds} s asked ` +
-          '(servers allow 2 to 20 times their tickTime unless configured otherwise); choose a ttl in that range',
+        `ttl: ${bounds} (servers allow 2 to 20 times their tickTime unless configured otherwise); choose a ttl in that range`,
       );
     }
+    this.granted.once = true;
     this.context.log.info({ sessionTimeoutMs: negotiated, sessionId: zk.client_id }, 'ZooKeeper session established');
     if (this.options.auth) await this.call('auth', () => this.addAuth(this.options.auth!));
     await this.call('mkdirp', () => new Promise<void>((resolve, reject) => zk.mkdirp(this.path, (error) => (error ? reject(error) : resolve()))));
@@ -266,7 +304,19 @@ class ZookeeperSession implements Session {
   private reportLeader(node: string, found: { stat: Stat; data: string }, isSelf: boolean): void {
     this.leaderNode = node;
     this.watchDeletion(node);
-    this.context.events.view({ leader: leaderFrom(node, found.stat, found.data), isSelf });
+    this.context.events.view({ leader: this.leaderFrom(node, found.stat, found.data), isSelf });
+  }
+
+  /** leaderd's {id, address}; anything else is named by its node, with one warning per node. */
+  private leaderFrom(node: string, stat: Stat, data: string): Leader {
+    const ours = candidateFrom(data);
+    if (ours) return { ...ours, fencingToken: stat.czxid };
+    if (!this.noted.has(node)) {
+      if (this.noted.size >= 100) this.noted.clear();
+      this.noted.add(node);
+      this.context.log.warn({ node: `${this.path}/${node}` }, 'the leading candidate node does not hold leaderd\'s {id, address}: naming it by its node');
+    }
+    return { id: node, address: '', fencingToken: stat.czxid };
   }
 
   /** What a deletion means depends on what the node is to us when it goes. */
@@ -328,19 +378,6 @@ function sequenceOf(name: string): number {
   return Number(CANDIDATE.exec(name)?.[2] ?? Number.MAX_SAFE_INTEGER);
 }
 
-function leaderFrom(node: string, stat: Stat, data: string): Leader {
-  let parsed: { id?: unknown; address?: unknown } = {};
-  try {
-    parsed = JSON.parse(data);
-  } catch {
-    // a node that is not ours to read: name it by its path
-  }
-  return {
-    id: typeof parsed.id === 'string' ? parsed.id : node,
-    address: typeof parsed.address === 'string' ? parsed.address : '',
-    fencingToken: stat.czxid,
-  };
-}
 
 /**
  * The return code of a failed call: the client rejects with "<rc> <text>", or, when the call

@@ -79,6 +79,35 @@ export interface Backend {
   shutdown(): Promise<void>;
 }
 
+/** What config.ts accepts as an --id: 1-253 characters, no control characters. */
+const CANDIDATE_NAME = /^[^\x00-\x1f\x7f]{1,253}$/;
+/** What config.ts accepts as an --address. */
+const CANDIDATE_ADDRESS = /^[^\x00-\x1f\x7f]{0,1024}$/;
+
+/** True when `text`, read from a backend, could name a candidate. */
+export function isCandidateName(text: string): boolean {
+  return CANDIDATE_NAME.test(text);
+}
+
+/**
+ * The {id, address} a leaderd candidacy holds, read from a backend; null for anything else: not
+ * JSON, or JSON that is not such an object (`null`, a number, an array). Anything found in a
+ * backend is anyone's to write, so this never throws; each adapter decides how to name a holder
+ * whose value is not leaderd's.
+ */
+export function candidateFrom(text: string): Candidate | null {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) return null;
+  const { id, address } = parsed as { id?: unknown; address?: unknown };
+  if (typeof id !== 'string' || !isCandidateName(id)) return null;
+  return { id, address: typeof address === 'string' && CANDIDATE_ADDRESS.test(address) ? address : '' };
+}
+
 /** The session can never be renewed again: the core drops it and opens a new one. */
 export class SessionLostError extends Error {
   override readonly name = 'SessionLostError';

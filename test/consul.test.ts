@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { conformance, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
 import { ConsulAgent, ConsulCluster } from './harness/consul.js';
@@ -16,6 +17,23 @@ const argsFor = (httpAddr: () => string) => (election: string) => [
   '--consul-check-ttl', String(checkTtlSeconds),
 ];
 const args = argsFor(() => agent.httpAddr);
+
+/** A call to the agent's HTTP API, as an operator or another program would make it. */
+async function consulApi<T = unknown>(method: 'GET' | 'PUT', path: string, body?: string): Promise<T> {
+  const response = await fetch(`${agent.httpAddr}${path}`, { method, ...(body === undefined ? {} : { body }) });
+  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
+  return (await response.json()) as T;
+}
+/**
+ * Stops a sidecar that must still be running, and resolves once its last log line has been read:
+ * every line it logged before is in `logs` then, so counting them is not a race with the pipe.
+ */
+async function stopAndDrain(node: Sidecar): Promise<void> {
+  expect(node.child.exitCode).toBeNull();
+  expect(await node.stop()).toEqual({ code: 0, signal: null });
+  await node.waitForLog((l) => l.msg === 'stopped', 10000, 'its last log line');
+}
+const lockIndex = async (key: string) => (await consulApi<Array<{ ModifyIndex: number }>>('GET', `/v1/kv/${key}`))[0]!.ModifyIndex;
 
 beforeAll(async () => {
   agent = await ConsulAgent.start();
@@ -97,5 +115,66 @@ describe('consul: backend specifics', () => {
     } finally {
       await cluster.stop();
     }
+  });
+
+  it('a lock held by another program with JSON null, then [], as its value is named by its session: nobody crashes or wedges, and the election goes on', async () => {
+    const election = newElection();
+    const key = `leaderd/${election}/leader`;
+    const { ID: foreign } = await consulApi<{ ID: string }>('PUT', '/v1/session/create', JSON.stringify({ Name: 'not leaderd' }));
+    try {
+      expect(await consulApi('PUT', `/v1/kv/${key}?acquire=${foreign}`, 'null')).toBe(true);
+      const first = await lockIndex(key);
+      const group = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`consul-foreign-${n}`, args(election))));
+      const namesIt = (token: number) => (s: { role: string; leader: { id: string } | null; fencingToken: number | null }) =>
+        s.role === 'replica' && s.leader?.id === `session ${foreign}` && s.fencingToken === token;
+      for (const node of group) await node.waitForState(namesIt(first), 15000, 'a replica of the foreign holder');
+
+      // Its holder writes another value that is not leaderd's: a new ModifyIndex, a new token.
+      expect(await consulApi('PUT', `/v1/kv/${key}?acquire=${foreign}`, '[]')).toBe(true);
+      const second = await lockIndex(key);
+      for (const node of group) await node.waitForState(namesIt(second), 15000, 'the new value seen');
+
+      expect(await consulApi('PUT', `/v1/kv/${key}?release=${foreign}`, '')).toBe(true);
+      const after = await settled(group, 15000);
+      expect(after.state.fencingToken!).toBeGreaterThan(second);
+      for (const node of group) {
+        await stopAndDrain(node);
+        expect(node.logs.filter((l) => l.msg === 'watching the Consul lock failed; retrying')).toEqual([]);
+        // One warning for the holder, not one per answer of the watch.
+        expect(node.logs.filter((l) => /does not hold leaderd/.test(l.msg) && l.session === foreign)).toHaveLength(1);
+      }
+    } finally {
+      await consulApi('PUT', `/v1/session/destroy/${foreign}`).catch(() => undefined);
+    }
+  });
+
+  it('a lock that lands for a sidecar out of the race (a late acquire after /resign) is released, and another candidate leads', async () => {
+    const tokenFile = scratchFile('admin-token');
+    writeFileSync(tokenFile, 's3cret-admin-token\n');
+    const election = newElection();
+    const key = `leaderd/${election}/leader`;
+    const resigned = await Sidecar.start('consul-stray-a', [...args(election), '--admin-token-file', tokenFile]);
+    const before = await resigned.waitForRole('primary', 15000);
+    const response = await resigned.fetch('/resign', {
+      method: 'POST',
+      headers: { authorization: 'Bearer s3cret-admin-token', 'content-type': 'application/json' },
+      body: '{"holdOffSeconds": 600}',
+    });
+    expect(response.status).toBe(200);
+    await resigned.waitForState((s) => s.role === 'replica' && s.leader === null, 10000, 'the lock released');
+
+    // The session it keeps while out of the race, as Consul lists it.
+    const sessions = await consulApi<Array<{ ID: string; Name: string }>>('GET', '/v1/session/list');
+    const own = sessions.find((s) => s.Name === `leaderd ${election} ${resigned.id}`)!;
+    expect(own).toBeDefined();
+    // The acquire that timed out on the client and lands at the servers now, after the withdraw.
+    const value = JSON.stringify({ id: resigned.id, address: resigned.id });
+    expect(await consulApi('PUT', `/v1/kv/${key}?acquire=${own.ID}`, value)).toBe(true);
+    const other = await Sidecar.start('consul-stray-b', args(election));
+
+    await resigned.waitForLog((l) => l.msg === 'the Consul lock is held by this session while out of the race: releasing it', 10000, 'the release');
+    const after = await settled([other, resigned], 15000);
+    expect(after.primary).toBe(other);
+    expect(after.state.fencingToken!).toBeGreaterThan(before.fencingToken!);
   });
 });

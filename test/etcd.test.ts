@@ -1,6 +1,6 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { conformance, histogramCount, newElection, settled } from './conformance.js';
-import { EtcdServer } from './harness/etcd.js';
+import { EtcdServer, type Etcdctl } from './harness/etcd.js';
 import { TcpProxy } from './harness/proxy.js';
 import { Sidecar } from './harness/sidecar.js';
 import { until } from './chaos/world.js';
@@ -15,6 +15,16 @@ const argsFor = (server: () => EtcdServer) => (election: string) => [
   '--ttl', String(ttlSeconds),
 ];
 const args = argsFor(() => etcd);
+
+/**
+ * Stops a sidecar that must still be running, and resolves once its last log line has been read:
+ * every line it logged before is in `logs` then, so counting them is not a race with the pipe.
+ */
+async function stopAndDrain(node: Sidecar): Promise<void> {
+  expect(node.child.exitCode).toBeNull();
+  expect(await node.stop()).toEqual({ code: 0, signal: null });
+  await node.waitForLog((l) => l.msg === 'stopped', 10000, 'its last log line');
+}
 
 beforeAll(async () => {
   etcd = await EtcdServer.start();
@@ -86,5 +96,67 @@ describe('etcd: backend specifics', () => {
     const after = await settled(rest, 10000);
     expect(after.state.fencingToken).toBeGreaterThan(before.state.fencingToken!);
     expect(await Promise.all(rest.map(reads))).toEqual(readsBefore);
+  });
+
+  it('a key without a lease holding JSON null cannot be a candidate: one warning each, nobody crashes, the election goes on', async () => {
+    const election = newElection();
+    const directory = `/leaderd-test/${election}/`;
+    const first = await Sidecar.start('etcd-foreign-a', args(election));
+    const before = await first.waitForRole('primary', 15000);
+    // Created after the primary's key and before the others': once the primary goes, it is the
+    // oldest key under the election. etcd's own recipe would wait for it for ever.
+    await etcd.put(`${directory}zz`, 'null');
+    const rest = await Promise.all(['b', 'c'].map((n) => Sidecar.start(`etcd-foreign-${n}`, args(election))));
+    await settled([first, ...rest], 15000);
+
+    // Every replica learns of the handover from its watch, where the crash was.
+    await first.stop();
+    // And one more meets the key on its first read.
+    rest.push(await Sidecar.start('etcd-foreign-d', args(election)));
+    const after = await settled(rest, 15000);
+    expect(after.state.fencingToken!).toBeGreaterThan(before.fencingToken!);
+    for (const node of rest) {
+      await stopAndDrain(node);
+      const warnings = node.logs.filter((l) => l.msg === 'ignoring a key without a lease under the election' && l.key === `${directory}zz`);
+      expect(warnings).toHaveLength(1);
+    }
+  });
+
+  it('a mixed election: leaderd follows an `etcdctl elect` leader by its proposal, leads after it resigns, and `etcdctl elect -l` sees leaderd', async () => {
+    const election = newElection();
+    const name = `/leaderd-test/${election}`;
+    const running: Etcdctl[] = [];
+    try {
+      const candidate = etcd.etcdctl(['elect', name, 'proposal-from-etcdctl']);
+      running.push(candidate);
+      // Elected: it prints its key, then its value.
+      await candidate.waitForLine((l) => l === 'proposal-from-etcdctl', 15000);
+      const [theirs] = await etcd.range(`${name}/`);
+      expect(theirs).toMatchObject({ value: 'proposal-from-etcdctl' });
+      expect(theirs!.lease).not.toBe('0');
+
+      const group = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`etcd-mixed-${n}`, args(election))));
+      for (const node of group) {
+        const state = await node.waitForState((s) => s.role === 'replica' && s.leader !== null, 15000, 'replica of the etcdctl candidate');
+        expect(state.leader).toEqual({ id: 'proposal-from-etcdctl', address: 'proposal-from-etcdctl' });
+        expect(state.fencingToken).toBe(theirs!.createRevision);
+      }
+      const observer = etcd.etcdctl(['elect', '-l', name]);
+      running.push(observer);
+      await observer.waitForLine((l) => l === 'proposal-from-etcdctl', 15000);
+
+      // SIGINT: etcdctl resigns (deletes its key) on the way out.
+      candidate.signal('SIGINT');
+      expect((await candidate.exited).code).toBe(0);
+      const after = await settled(group, 15000);
+      expect(after.state.fencingToken!).toBeGreaterThan(theirs!.createRevision);
+
+      const ours = (await etcd.range(`${name}/`)).find((kv) => kv.createRevision === after.state.fencingToken)!;
+      expect(JSON.parse(ours.value)).toEqual({ id: after.primary.id, address: after.primary.id });
+      const keyLine = await observer.waitForLine((l) => l === ours.key, 15000);
+      expect(observer.lines[keyLine + 1]).toBe(ours.value);
+    } finally {
+      await Promise.all(running.map((p) => p.kill()));
+    }
   });
 });

@@ -1,7 +1,9 @@
 import { createRequire } from 'node:module';
+import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { conformance, histogramCount, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
+import { until } from './chaos/world.js';
+import { conformance, histogramCount, hookArgs, newElection, readHookRecords, sample, scrape, scratchFile, settled } from './conformance.js';
 import { Sidecar, runLeaderd } from './harness/sidecar.js';
 import { ZookeeperEnsemble, ZookeeperServer } from './harness/zookeeper.js';
 import { violations, type HookRecord } from './overlap.js';
@@ -18,6 +20,24 @@ const argsFor = (connect: () => string) => (election: string) => [
 ];
 const args = argsFor(() => zk.connectString);
 const records = (files: string[]) => files.flatMap((f) => readHookRecords(f)) as unknown as HookRecord[];
+
+/**
+ * Stops a sidecar that must still be running, and resolves once its last log line has been read:
+ * every line it logged before is in `logs` then, so counting them is not a race with the pipe.
+ */
+async function stopAndDrain(node: Sidecar): Promise<void> {
+  expect(node.child.exitCode).toBeNull();
+  expect(await node.stop()).toEqual({ code: 0, signal: null });
+  await node.waitForLog((l) => l.msg === 'stopped', 10000, 'its last log line');
+}
+const ZK = createRequire(import.meta.url)('zookeeper');
+
+/** A plain ZooKeeper client of the test's own (not leaderd), connected. */
+async function zkClient(connect: string): Promise<InstanceType<typeof ZK>> {
+  const client = new ZK({ connect, timeout: 4000, debug_level: 0 });
+  await new Promise((resolve) => client.connect({}, resolve));
+  return client;
+}
 
 beforeAll(async () => {
   zk = await ZookeeperServer.start();
@@ -145,13 +165,127 @@ describe('zookeeper: backend specifics', () => {
       const serving = connections.findIndex((c) => c.includes(`sid=0x${sessionId}`));
       expect(serving).toBeGreaterThanOrEqual(0);
 
+      const reconnectsBefore = before.primary.logs.filter((l) => l.msg === 'reconnected to ZooKeeper').length;
       await ensemble.members[serving]!.pause();
-      // The primary either keeps its session through another server or steps down; either way
-      // there is a primary again, and never two.
+      // Roles are stable again once the primary's term has either gone on through another server
+      // or ended and a later one begun; until then the old primary may still be stepping down (its
+      // client gives up the session, or its deadline passes), so that is what is waited for.
       const abort = new AbortController();
-      await Promise.any(group.map((s) => s.waitForRole('primary', 20000, abort.signal))).finally(() => abort.abort());
+      const newTerm = () =>
+        Promise.any(
+          group.map((s) =>
+            s.waitForState((r) => r.role === 'primary' && r.fencingToken! > before.state.fencingToken!, 30000, 'a primary of a later term', abort.signal),
+          ),
+        );
+      const keptTerm = async () => {
+        await before.primary.waitForLog((l) => l.msg === 'reconnected to ZooKeeper', 30000, 'reconnection', reconnectsBefore + 1);
+        const renewed = async () => sample(await scrape(before.primary), 'leaderd_lease_renewals_total', { result: 'success' });
+        const renewals = await renewed();
+        // A renewal answered after the reconnection: the session, and the term, live on.
+        if (!(await until(async () => (await renewed()) > renewals, 30000))) throw new Error('no renewal after reconnecting');
+        const state = await before.primary.role();
+        if (state.role !== 'primary' || state.fencingToken !== before.state.fencingToken) throw new Error('the term ended after all');
+      };
+      await Promise.any([newTerm(), keptTerm()]).finally(() => abort.abort());
       await ensemble.members[serving]!.resume();
-      await settled(group, 30000);
+      const after = await settled(group, 30000);
+      if (after.state.fencingToken !== before.state.fencingToken) {
+        // The old term ended: its primary's demote hook ran.
+        await before.primary.waitForLog(
+          (l) => l.msg === 'hook succeeded' && l.hook === 'demote' && l.fencingToken === before.state.fencingToken,
+          10000,
+          'demote hook',
+        );
+      }
+      expect(violations(records(files))).toEqual([]);
+    } finally {
+      await ensemble.stop();
+    }
+  });
+
+  it('a candidate-named node holding JSON null is named by its node: no sidecar wedges or crashes, and the election goes on', async () => {
+    const election = newElection();
+    const path = `/leaderd-test/${election}`;
+    const client = await zkClient(zk.connectString);
+    try {
+      await new Promise<void>((resolve, reject) => client.mkdirp(path, (error: Error | null) => (error ? reject(error) : resolve())));
+      const flags = ZK.constants.ZOO_EPHEMERAL | ZK.constants.ZOO_SEQUENCE;
+      const created = (await client.create(`${path}/${randomBytes(16).toString('hex')}-n_`, 'null', flags)) as string;
+      const node = created.slice(created.lastIndexOf('/') + 1);
+      const [stat] = (await client.get(created, false)) as [{ czxid: number }];
+
+      const group = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`zk-foreign-${n}`, args(election))));
+      for (const sidecar of group) {
+        const state = await sidecar.waitForState((s) => s.leader !== null, 15000, 'a view naming the foreign node');
+        expect(state).toMatchObject({ role: 'replica', leader: { id: node, address: '' }, fencingToken: stat.czxid });
+      }
+      await client.delete_(created, -1);
+      const after = await settled(group, 15000);
+      expect(after.state.fencingToken!).toBeGreaterThan(stat.czxid);
+      for (const sidecar of group) {
+        await stopAndDrain(sidecar);
+        expect(sidecar.logs.filter((l) => l.msg === 'cannot read the election; retrying')).toEqual([]);
+        expect(sidecar.logs.filter((l) => l.node === created && /does not hold leaderd/.test(l.msg))).toHaveLength(1);
+      }
+    } finally {
+      client.close();
+    }
+  });
+
+  it('in an ensemble, a primary whose session moves to a server granting a shorter timeout gives it up, a replica leads, and the sidecar waits for a server that grants the ttl', async () => {
+    // A 6 s ttl, so the primary's deadline (3 s) leaves room for its client to move the session
+    // (a third of a second) and for the adapter to look at the timeout it came back with.
+    const ttl = 6;
+    const ensemble = await ZookeeperEnsemble.start({ maxSessionTimeoutMs: 8000 });
+    try {
+      const leader = await ensemble.leader();
+      // Followers only: stopping one of them holds no ZooKeeper election.
+      const followers = ensemble.members.filter((_, i) => i !== leader);
+      const election = newElection();
+      const withTtl = (connect: string) => [...argsFor(() => connect)(election), '--ttl', String(ttl)];
+      const files = [scratchFile('clamp-p'), scratchFile('clamp-r1'), scratchFile('clamp-r2')];
+      // The primary knows the two followers; the replicas the ensemble leader only.
+      const primary = await Sidecar.start('zk-clamp-p', [...withTtl(followers.map((m) => m.connectString).join(',')), ...hookArgs(files[0]!)]);
+      const first = await primary.waitForRole('primary', 20000);
+      const replicas = await Promise.all(
+        ['r1', 'r2'].map((n, i) => Sidecar.start(`zk-clamp-${n}`, [...withTtl(ensemble.members[leader]!.connectString), ...hookArgs(files[i + 1]!)])),
+      );
+      const group = [primary, ...replicas];
+      expect((await settled(group, 20000)).primary).toBe(primary);
+      await primary.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'promote', 10000, 'promote hook');
+      const established = await primary.waitForLog((l) => l.msg === 'ZooKeeper session established', 5000);
+      expect(established.sessionTimeoutMs).toBe(ttl * 1000);
+      const connections = await Promise.all(followers.map((m) => m.fourLetter('cons')));
+      const serving = connections.findIndex((c) => c.includes(`sid=0x${String(established.sessionId)}`));
+      expect(serving).toBeGreaterThanOrEqual(0);
+      const granting = followers[serving]!;
+      const clamping = followers[1 - serving]!;
+      // The other follower comes back granting at most 3 s: one step of a rolling change.
+      await clamping.pause();
+      clamping.setSessionTimeouts({ maxSessionTimeoutMs: 3000 });
+      await clamping.resume();
+      await clamping.waitServing();
+
+      // Its server stopped, the primary's client moves the session to the only other member it
+      // knows, which bounds the timeout to 3 s.
+      await granting.pause();
+      const ended = await primary.waitForLog((l) => l.msg === 'session ended', 15000, 'session ended');
+      expect(ended.reason).toMatch(/ZooKeeper changed the session timeout to 3 s on reconnecting \(the ttl is 6 s\)/);
+      const after = await settled(replicas, 20000);
+      expect(after.state.fencingToken!).toBeGreaterThan(first.fencingToken!);
+      // Every session it can open now is bounded to 3 s: it retries instead of exiting.
+      const refused = await primary.waitForLog(
+        (l) => l.msg === 'cannot open a session; retrying' && /bounds session timeouts otherwise/.test(String(l.err)),
+        15000,
+        'a refused session',
+      );
+      expect(refused.err).toMatch(/ZooKeeper negotiated a 3 s session for the 6 s asked/);
+      expect(primary.child.exitCode).toBeNull();
+
+      await granting.resume();
+      await granting.waitServing();
+      const again = await settled(group, 30000);
+      expect(again.state.fencingToken!).toBeGreaterThanOrEqual(after.state.fencingToken!);
       expect(violations(records(files))).toEqual([]);
     } finally {
       await ensemble.stop();

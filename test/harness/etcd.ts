@@ -1,9 +1,11 @@
 /**
  * Real etcd servers for the tests: Debian's etcd-server, on free loopback ports, with throwaway
  * data directories. A server can be stopped and started again on the same ports and data; an
- * EtcdCluster is three of them in one Raft group.
+ * EtcdCluster is three of them in one Raft group. `etcdctl` (Debian's etcd-client) runs as a
+ * process of its own, as an operator would run it next to leaderd.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +13,17 @@ import { freePort } from './ports.js';
 import { aptInstall, runs } from './system.js';
 
 export const ETCD_BINARY = '/usr/bin/etcd';
+export const ETCDCTL_BINARY = '/usr/bin/etcdctl';
+
+/** One key as etcd stores it (the v3 JSON gateway's fields, decoded). */
+export interface EtcdKeyValue {
+  key: string;
+  value: string;
+  createRevision: number;
+  modRevision: number;
+  /** The lease id, decimal; '0' for a key written without a lease. */
+  lease: string;
+}
 
 export class EtcdServer {
   private child: ChildProcess | null = null;
@@ -116,6 +129,101 @@ export class EtcdServer {
     const body = (await response.json()) as { kvs?: Array<{ key: string }> };
     return (body.kvs ?? []).map((kv) => Buffer.from(kv.key, 'base64').toString());
   }
+
+  /** The keys under a prefix with their values, revisions and leases, through the JSON gateway. */
+  async range(prefix: string): Promise<EtcdKeyValue[]> {
+    const b64 = (s: string) => Buffer.from(s).toString('base64');
+    const end = prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1);
+    const response = await fetch(`${this.clientUrl}/v3/kv/range`, { method: 'POST', body: JSON.stringify({ key: b64(prefix), range_end: b64(end) }) });
+    const body = (await response.json()) as {
+      kvs?: Array<{ key: string; value?: string; create_revision: string; mod_revision: string; lease?: string }>;
+    };
+    return (body.kvs ?? []).map((kv) => ({
+      key: Buffer.from(kv.key, 'base64').toString(),
+      value: Buffer.from(kv.value ?? '', 'base64').toString(),
+      createRevision: Number(kv.create_revision),
+      modRevision: Number(kv.mod_revision),
+      lease: kv.lease ?? '0',
+    }));
+  }
+
+  /** Writes a key without a lease (a key someone else put under the election), as `etcdctl put` would. */
+  async put(key: string, value: string): Promise<void> {
+    const b64 = (s: string) => Buffer.from(s).toString('base64');
+    const response = await fetch(`${this.clientUrl}/v3/kv/put`, { method: 'POST', body: JSON.stringify({ key: b64(key), value: b64(value) }) });
+    if (!response.ok) throw new Error(`put ${key}: ${response.status} ${await response.text()}`);
+  }
+
+  /** Starts `etcdctl --endpoints <this server> ARGS` (e.g. `elect NAME PROPOSAL`). */
+  etcdctl(args: readonly string[]): Etcdctl {
+    return new Etcdctl(['--endpoints', this.clientAddress, ...args]);
+  }
+}
+
+/**
+ * A running etcdctl (for `elect`, which runs until signalled): its stdout lines as they come, and
+ * waits on them; never a sleep.
+ */
+export class Etcdctl {
+  readonly lines: string[] = [];
+  stderr = '';
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  private readonly child: ChildProcess;
+  private waiters: Array<() => void> = [];
+
+  constructor(args: readonly string[]) {
+    const child = spawn(ETCDCTL_BINARY, [...args], { env: { ...process.env, ETCDCTL_API: '3' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = child;
+    live.add(child);
+    this.exited = new Promise((resolve) =>
+      child.once('exit', (code, signal) => {
+        live.delete(child);
+        resolve({ code, signal });
+        for (const waiter of [...this.waiters]) waiter();
+      }),
+    );
+    child.stderr!.on('data', (chunk: Buffer) => (this.stderr += chunk.toString()));
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      this.lines.push(line);
+      for (const waiter of [...this.waiters]) waiter();
+    });
+  }
+
+  /** Resolves with the index of the first stdout line at or after `from` that matches. */
+  waitForLine(matches: (line: string) => boolean, timeoutMs: number, from = 0): Promise<number> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const index = this.lines.findIndex((line, i) => i >= from && matches(line));
+        if (index >= 0) {
+          done();
+          resolve(index);
+        } else if (this.child.exitCode !== null || this.child.signalCode !== null) {
+          done();
+          reject(new Error(`etcdctl exited (${this.child.exitCode ?? this.child.signalCode}): ${this.stderr.slice(-1000)}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`etcdctl printed no matching line within ${timeoutMs} ms; it printed ${JSON.stringify(this.lines)}; stderr ${this.stderr.slice(-1000)}`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        this.waiters = this.waiters.filter((w) => w !== check);
+      };
+      this.waiters.push(check);
+      check();
+    });
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    this.child.kill(signal);
+  }
+
+  /** SIGKILL if still running (test teardown). */
+  async kill(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+    await this.exited;
+  }
 }
 
 /** Three etcd servers in one cluster on loopback; members can be stopped and started again. */
@@ -168,10 +276,18 @@ process.on('exit', () => {
   for (const child of live) child.kill('SIGKILL');
 });
 
-/** Installs Debian's etcd-server when the binary is missing (the test harness runs as root). */
+/**
+ * Installs Debian's etcd-server and etcd-client (etcdctl, for the mixed-election test) when their
+ * binaries are missing (the test harness runs as root).
+ */
 export function ensureEtcdInstalled(): void {
-  if (runs(ETCD_BINARY, ['--version'])) return;
-  aptInstall('etcd-server');
-  if (!runs(ETCD_BINARY, ['--version'])) throw new Error(`installing etcd-server did not provide ${ETCD_BINARY}`);
+  if (!runs(ETCD_BINARY, ['--version'])) {
+    aptInstall('etcd-server');
+    if (!runs(ETCD_BINARY, ['--version'])) throw new Error(`installing etcd-server did not provide ${ETCD_BINARY}`);
+  }
+  if (!runs(ETCDCTL_BINARY, ['version'])) {
+    aptInstall('etcd-client');
+    if (!runs(ETCDCTL_BINARY, ['version'])) throw new Error(`installing etcd-client did not provide ${ETCDCTL_BINARY}`);
+  }
 }
 

@@ -6,7 +6,7 @@
  * that their sessions expire without the sockets closing.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -157,6 +157,17 @@ export class ZookeeperServer {
     rmSync(this.dataDir, { recursive: true, force: true });
   }
 
+  /**
+   * Changes the session timeouts this server grants, from its next start: with pause() and
+   * resume(), one step of a rolling configuration change.
+   */
+  setSessionTimeouts({ minSessionTimeoutMs, maxSessionTimeoutMs }: Pick<ZookeeperOptions, 'minSessionTimeoutMs' | 'maxSessionTimeoutMs'>): void {
+    let config = readFileSync(this.configFile, 'utf8');
+    if (minSessionTimeoutMs !== undefined) config = config.replace(/^minSessionTimeout=.*$/m, `minSessionTimeout=${minSessionTimeoutMs}`);
+    if (maxSessionTimeoutMs !== undefined) config = config.replace(/^maxSessionTimeout=.*$/m, `maxSessionTimeout=${maxSessionTimeoutMs}`);
+    writeFileSync(this.configFile, config);
+  }
+
   /** Suspends the JVM (SIGSTOP): connections stay open but nothing answers, so sessions expire. */
   freeze(): void {
     this.child?.kill('SIGSTOP');
@@ -190,7 +201,10 @@ export class ZookeeperEnsemble {
     this.connectString = members.map((m) => m.connectString).join(',');
   }
 
-  /** Three members on loopback; resolves once all of them serve as leader or follower. */
+  /**
+   * Three members on loopback; resolves once all of them serve as leader or follower. A member's
+   * session bounds can be changed afterwards (setSessionTimeouts), as in a rolling change.
+   */
   static async start(options: ZookeeperOptions = {}): Promise<ZookeeperEnsemble> {
     const ports = await distinctFreePorts(9);
     const servers = [1, 2, 3].map((id) => `server.${id}=127.0.0.1:${ports[3 + id - 1]}:${ports[6 + id - 1]}`);
