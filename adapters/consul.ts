@@ -81,6 +81,8 @@ class ConsulSession implements Session {
   private acquiring: Promise<void> | null = null;
   /** Releasing a lock that landed while out of the race; one release at a time. */
   private releasingStray: Promise<void> | null = null;
+  /** A lock held by this session at or below this index is a stray being released, not a term. */
+  private strayThrough = 0;
   private retryTimer: NodeJS.Timeout | undefined;
   /** The last holder whose value was reported as not leaderd's. */
   private notedHolder: string | null = null;
@@ -147,6 +149,8 @@ class ConsulSession implements Session {
   }
 
   async campaign(): Promise<void> {
+    // A stray lock still being released must be gone before we may lead again (observe()).
+    await this.releasingStray;
     this.campaigning = true;
     await this.tryAcquire();
   }
@@ -198,8 +202,15 @@ class ConsulSession implements Session {
     this.current = item;
     const held = item?.Session ? item : null;
     const isSelf = held !== null && held.Session === this.sessionId;
+    if (held && isSelf && (!this.campaigning || held.ModifyIndex <= this.strayThrough)) {
+      // A stray, not a term: nobody leads on it, and it is released. Answers that still show it
+      // after we campaign again are stale: only a lock acquired since (a larger index) is ours.
+      this.strayThrough = Math.max(this.strayThrough, held.ModifyIndex);
+      this.context.events.view({ leader: null, isSelf: false });
+      this.releaseStray();
+      return;
+    }
     this.context.events.view({ leader: held ? this.leaderFrom(held) : null, isSelf });
-    if (isSelf && !this.campaigning) this.releaseStray();
     if (!held && this.campaigning) void this.tryAcquire();
   }
 
@@ -217,7 +228,8 @@ class ConsulSession implements Session {
   /**
    * The lock is ours while we are out of the race: an acquire landed after we stopped waiting for
    * it. Kept, it would be renewed with every renewal and no one would lead; released, the next
-   * candidate acquires it. The view already names no primary here: the core is not campaigning.
+   * candidate acquires it. The view names no leader meanwhile, so the core cannot lead on it,
+   * not even if it campaigns again before the release has landed.
    */
   private releaseStray(): void {
     if (this.releasingStray) return;

@@ -26,9 +26,13 @@
  * has a deadline, and the core decides what a failure means.
  *
  * Other writers share the prefix. `etcdctl elect PREFIX/ELECTION PROPOSAL` is a candidate like
- * ours (same key layout, a lease, its proposal as a plain-text value), named by its proposal. A
- * key without a lease cannot be a candidate: nothing would ever remove it, so it would lead for
- * ever; it is ignored, with one warning. What a value says is read defensively and never throws.
+ * ours (same key layout, a lease, its proposal as a plain-text value), named by its proposal.
+ * Every key counts, in create-revision order, as in etcd's recipe, whatever it holds: a key
+ * without a lease that comes first blocks the election (nobody leads) until someone deletes it,
+ * with a warning. Skipping such keys would let a plain `put` that adds or drops a lease reorder
+ * the election at once, handing leadership to a key older than the leader's and so with a smaller
+ * fencing token. Our own key overwritten by anyone (its lease no longer ours) ends the session.
+ * Keys are compared as bytes. What a value says is read defensively and never throws.
  */
 import { Etcd3, type IEvent, type IKeyValue, type Watcher } from 'etcd3';
 import { ExponentialBackoff, noop } from 'cockatiel';
@@ -36,6 +40,17 @@ import type { Backend, Leader, Session, SessionContext } from '../src/backend.js
 import { BackendConfigError, SessionLostError, started, candidateFrom, isCandidateName } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
+
+/** How many foreign keys a session remembers having warned about. */
+const NOTED_KEYS = 100;
+
+/**
+ * A key as candidates are told apart: its bytes, one character each. Keys are bytes in etcd, and
+ * two that differ only in bytes that are not UTF-8 would be one key as decoded text.
+ */
+function keyOf(kv: IKeyValue): string {
+  return kv.key.toString('latin1');
+}
 
 /** etcd refuses pings more often than every 5 s (`--grpc-keepalive-min-time`): some margin. */
 const KEEPALIVE_MS = 6000;
@@ -87,6 +102,8 @@ class EtcdSession implements Session {
   private candidates = new Map<string, IKeyValue>();
   /** Keys already reported in the log (without a lease, or naming no one), by create revision. */
   private readonly noted = new Map<string, string>();
+  /** Our candidacy's key as candidates are keyed (bytes, see keyOf). */
+  private ownKeyBytes = '';
   /**
    * The revision `candidates` is complete through: the last read's, then the last watch event's.
    * Events at or below it are already in. Null until a read follows the current watch; that
@@ -116,6 +133,7 @@ class EtcdSession implements Session {
     const { ttlSeconds } = this.context;
     const grant = await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.deadline());
     this.leaseId = grant.ID;
+    this.ownKeyBytes = Buffer.from(this.ownKey).toString('latin1');
     if (Number(grant.TTL) !== ttlSeconds) {
       void this.revoke().catch(() => undefined);
       throw new BackendConfigError(
@@ -205,15 +223,17 @@ class EtcdSession implements Session {
         // The read and the watch are separate streams: events newer than the read may have been
         // applied before its answer arrived, and then the copy is already newer than the read.
         if (this.knownThrough === null || revision >= this.knownThrough) {
-          this.candidates = new Map(answer.kvs.map((kv) => [kv.key.toString(), kv]));
+          this.candidates = new Map(answer.kvs.map((kv) => [keyOf(kv), kv]));
           this.knownThrough = revision;
         }
         // Missing from a copy taken after our key was written: deleted behind our back.
         const since = this.candidacySince;
-        if (since !== null && this.knownThrough >= since && !this.candidates.has(this.ownKey)) {
+        const own = this.candidates.get(this.ownKeyBytes);
+        if (since !== null && this.knownThrough >= since && !own) {
           this.context.events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
           return;
         }
+        if (own && !this.isOurs(own)) return this.overwritten();
         const early = this.early;
         this.early = [];
         this.apply(early);
@@ -240,13 +260,14 @@ class EtcdSession implements Session {
       const revision = BigInt(kv.mod_revision);
       if (revision <= known) continue;
       if (revision > through) through = revision;
-      const key = kv.key.toString();
+      const key = keyOf(kv);
       if (type === 'Put') {
         this.candidates.set(key, kv);
+        if (key === this.ownKeyBytes && !this.isOurs(kv)) return this.overwritten();
       } else {
         this.candidates.delete(key);
         const since = this.candidacySince;
-        if (key === this.ownKey && since !== null && revision >= since) {
+        if (key === this.ownKeyBytes && since !== null && revision >= since) {
           this.context.events.lost(new SessionLostError(`our candidacy ${this.ownKey} was deleted`));
           return;
         }
@@ -256,18 +277,24 @@ class EtcdSession implements Session {
     this.report();
   }
 
-  /** The lowest create revision among the keys with a lease leads. */
+  /** The lowest create revision leads, whatever the key holds (see the module comment). */
   private report(): void {
     for (const key of this.noted.keys()) if (!this.candidates.has(key)) this.noted.delete(key);
     let first: IKeyValue | null = null;
     for (const kv of this.candidates.values()) {
-      if (kv.lease === '0') {
-        this.noteOnce(kv, 'ignoring a key without a lease under the election');
-        continue;
-      }
       if (!first || BigInt(kv.create_revision) < BigInt(first.create_revision)) first = kv;
     }
-    this.context.events.view({ leader: first ? this.leaderFrom(first) : null, isSelf: first?.key.toString() === this.ownKey });
+    if (first && first.lease === '0') this.noteOnce(first, 'a key without a lease leads the election: nobody can lead until it is deleted');
+    this.context.events.view({ leader: first ? this.leaderFrom(first) : null, isSelf: first !== null && keyOf(first) === this.ownKeyBytes });
+  }
+
+  /** Our key as we wrote it: on our lease. A put by anyone else gives it another lease, or none. */
+  private isOurs(kv: IKeyValue): boolean {
+    return BigInt(kv.lease) === BigInt(this.leaseId);
+  }
+
+  private overwritten(): void {
+    this.context.events.lost(new SessionLostError(`our candidacy ${this.ownKey} was overwritten by another writer`));
   }
 
   /** leaderd's {id, address}; else the plain-text proposal of `etcdctl elect`; else the key. */
@@ -283,10 +310,12 @@ class EtcdSession implements Session {
 
   /** Logs a warning about a key once, not on every event that shows it again. */
   private noteOnce(kv: IKeyValue, message: string): void {
-    const key = kv.key.toString();
+    const key = keyOf(kv);
     if (this.noted.get(key) === kv.create_revision) return;
+    // Bounded: thousands of foreign keys must not grow it (or the log) without end.
+    if (this.noted.size >= NOTED_KEYS) this.noted.delete(this.noted.keys().next().value!);
     this.noted.set(key, kv.create_revision);
-    this.context.log.warn({ key, createRevision: kv.create_revision }, message);
+    this.context.log.warn({ key: kv.key.toString(), createRevision: kv.create_revision }, message);
   }
 
   /**

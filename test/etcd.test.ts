@@ -98,13 +98,13 @@ describe('etcd: backend specifics', () => {
     expect(await Promise.all(rest.map(reads))).toEqual(readsBefore);
   });
 
-  it('a key without a lease holding JSON null cannot be a candidate: one warning each, nobody crashes, the election goes on', async () => {
+  it('a key without a lease holding JSON null, first in line, blocks the election without crashing anyone; deleted, the election goes on', async () => {
     const election = newElection();
     const directory = `/leaderd-test/${election}/`;
     const first = await Sidecar.start('etcd-foreign-a', args(election));
     const before = await first.waitForRole('primary', 15000);
     // Created after the primary's key and before the others': once the primary goes, it is the
-    // oldest key under the election. etcd's own recipe would wait for it for ever.
+    // oldest key under the election, and in etcd's recipe nobody leads until it is deleted.
     await etcd.put(`${directory}zz`, 'null');
     const rest = await Promise.all(['b', 'c'].map((n) => Sidecar.start(`etcd-foreign-${n}`, args(election))));
     await settled([first, ...rest], 15000);
@@ -113,13 +113,37 @@ describe('etcd: backend specifics', () => {
     await first.stop();
     // And one more meets the key on its first read.
     rest.push(await Sidecar.start('etcd-foreign-d', args(election)));
+    const blocked = 'a key without a lease leads the election: nobody can lead until it is deleted';
+    for (const node of rest) {
+      await node.waitForLog((l) => l.msg === blocked && l.key === `${directory}zz`, 15000, 'the blocking key noticed');
+      expect((await node.role()).role).toBe('replica');
+    }
+
+    await etcd.delete(`${directory}zz`);
     const after = await settled(rest, 15000);
     expect(after.state.fencingToken!).toBeGreaterThan(before.fencingToken!);
     for (const node of rest) {
       await stopAndDrain(node);
-      const warnings = node.logs.filter((l) => l.msg === 'ignoring a key without a lease under the election' && l.key === `${directory}zz`);
-      expect(warnings).toHaveLength(1);
+      expect(node.logs.filter((l) => l.msg === blocked && l.key === `${directory}zz`)).toHaveLength(1);
     }
+  });
+
+  it('a plain put on the primary\'s own key ends its session, and leadership does not move to an older key or a lower token', async () => {
+    const election = newElection();
+    const group = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`etcd-overwrite-${n}`, args(election))));
+    const before = await settled(group, 15000);
+    const [ownKey] = (await etcd.range(`/leaderd-test/${election}/`)).filter((kv) => kv.value.includes(`"${before.primary.id}"`));
+    expect(ownKey).toBeDefined();
+    // The key keeps its create revision, the oldest, but loses its lease.
+    await etcd.put(ownKey!.key, 'overwritten');
+    await before.primary.waitForLog((l) => l.msg === 'session ended' && /overwritten by another writer/.test(String(l.reason)), 10000, 'session ended');
+    for (const node of group) {
+      await node.waitForLog((l) => l.msg === 'a key without a lease leads the election: nobody can lead until it is deleted', 10000, 'blocked');
+      expect((await node.role()).role).not.toBe('primary');
+    }
+    await etcd.delete(ownKey!.key);
+    const after = await settled(group, 15000);
+    expect(after.state.fencingToken!).toBeGreaterThan(before.state.fencingToken!);
   });
 
   it('a mixed election: leaderd follows an `etcdctl elect` leader by its proposal, leads after it resigns, and `etcdctl elect -l` sees leaderd', async () => {

@@ -154,6 +154,12 @@ export class EtcdServer {
     if (!response.ok) throw new Error(`put ${key}: ${response.status} ${await response.text()}`);
   }
 
+  /** Deletes a key, as `etcdctl del` would. */
+  async delete(key: string): Promise<void> {
+    const response = await fetch(`${this.clientUrl}/v3/kv/deleterange`, { method: 'POST', body: JSON.stringify({ key: Buffer.from(key).toString('base64') }) });
+    if (!response.ok) throw new Error(`delete ${key}: ${response.status} ${await response.text()}`);
+  }
+
   /** Starts `etcdctl --endpoints <this server> ARGS` (e.g. `elect NAME PROPOSAL`). */
   etcdctl(args: readonly string[]): Etcdctl {
     return new Etcdctl(['--endpoints', this.clientAddress, ...args]);
