@@ -1,9 +1,13 @@
 /**
  * local: candidates are processes on one host sharing a directory. At most one of them holds the
- * lock at a time, and every term's fencing token is larger than every earlier term's, also after
- * a cleaner (systemd-tmpfiles, a tmpfs /tmp after a reboot) removed part or all of the directory.
- * Built from atomic file-system operations only (rename, unlink, O_EXCL create, rmdir), never from
- * reading then writing.
+ * lock at a time. While its holder lives and has not let it go, no other candidate takes it until
+ * at least a ttl after the holder's last successful open() or renew() was called (the promise of
+ * src/backend.ts), also when a cleaner removed the whole election directory under it (see
+ * "recreated" below, and the two cases it cannot cover). Every term's fencing token is larger than
+ * every earlier term's, also after a cleaner (systemd-tmpfiles, a tmpfs /tmp after a reboot)
+ * removed part or all of the directory, and none is above LAST_TOKEN. Built from atomic
+ * file-system operations only (rename, unlink, O_EXCL create, mkdir, rmdir), never from reading
+ * then writing.
  *
  * Layout under DIR/ELECTION/:
  *   lock/                     exists while someone holds the lock. It is created by renaming a
@@ -16,6 +20,9 @@
  *                             carries the term's fencing token.
  *   tokens/<t>                the fencing counter, one O_EXCL-created file per token taken.
  *   staging/                  where a lock directory is prepared before it is renamed into place.
+ *   recreated.<boot>.<ms>     the election directory or its layout had to be made again, at <ms>
+ *                             on CLOCK_MONOTONIC of boot <boot>: nobody takes the lock before
+ *                             <ms> + ttl.
  *
  * The heartbeat is the *name* of the beat file. The leader renews by renaming beat.S.T.n to
  * beat.S.T.n+1; a peer that has watched the same name for a whole ttl on its own monotonic clock
@@ -23,7 +30,22 @@
  * a compare-and-swap: exactly one of them succeeds. A renewal therefore cannot resurrect a lock a
  * peer has expired, and a peer cannot expire a lock renewed less than a ttl ago. The token T
  * makes every name unique to one term, so a name seen long ago never matches a later term. A claim
- * expires the same way.
+ * expires the same way, and so does an entry leaderd did not write, whatever it is: its content is
+ * read without following a symlink, without waiting on a FIFO, and only up to a few KiB.
+ *
+ * A cleaner that removes the whole election directory removes the beat without any compare: a
+ * peer finding no lock could take it at once, while the holder, its last renewal a moment old,
+ * still acts as primary until it notices. So whoever has to make the directory or its layout
+ * again, or finds the directory replaced (a new inode), after it has seen a term of the election,
+ * first leaves a recreated.* marker, and no candidate takes the lock while a marker of this boot is
+ * younger than a ttl: by then the holder's last renewal, which came before the removal, is a ttl
+ * old. A candidate looks once before taking the lock and again after (a removal may come between
+ * the look and the rename), and gives the lock back if it must wait. A brand-new election has no
+ * marker and no wait. Two cases stay uncovered. A process that has seen no term cannot tell a
+ * removed directory from a new one, so one that starts just after the removal, before any peer
+ * has marked it, may lead at once. And a cleaner that removes only lock/ does to the holder
+ * exactly what a release does. The fencing token, larger for the next term (after a removal of
+ * everything, as long as the clock was not stepped back: see below), covers both.
  *
  * The token is chosen only once the lock is held, and the claim becomes the beat by a rename that
  * fails if a peer expired the claim meanwhile. Terms therefore take their tokens in the order in
@@ -41,21 +63,25 @@
  * since it can be stepped back; as a floor under the other two it only matters when both are
  * gone. Tokens are therefore large (about 1.8e12 today, safe integers for another 285,000 years),
  * and after a total wipe they keep growing only if the wall clock was not stepped back past the
- * last token issued.
+ * last token issued. A token is never above LAST_TOKEN: a foreign file at it stops every election
+ * with an error naming it, rather than issuing a token a double cannot tell from the next.
  *
  * A leader whose process is gone (same boot, same PID namespace, no such PID) is expired at once,
  * which makes a crash failover nearly immediate; a frozen (SIGSTOPped) leader still has a live
  * PID and is expired only after the ttl, like on any other backend.
  *
- * What a cleaner removed is created again before it is used (tokens/ and staging/ on every attempt
- * and every renewal). --local-dir and the election's directory must belong to the user running
- * leaderd. Even so, everything read from them is untrusted: an entry leaderd did not write is
- * warned about once, then expired after the ttl (a claim or beat), removed (anything else in
- * lock/) or ignored (in tokens/).
+ * What a cleaner removed is made again before it is used (on every attempt and every renewal),
+ * and anything else in the place of lock/, tokens/ or staging/ (a file, a symlink) is unlinked,
+ * never followed. --local-dir and the election's directory must be directories of the user
+ * running leaderd that not every user may write to (unless sticky); that is checked at the start
+ * and again on every attempt and renewal, since a cleaner may remove them and someone else make
+ * them again. Even so, everything read from them is untrusted: an entry leaderd did not write is
+ * warned about once, then expired after the ttl (a claim or beat), removed (anything else in lock/,
+ * whatever a crash left in staging/ for a ttl, a stale marker) or ignored (in tokens/).
  */
 import { randomBytes } from 'node:crypto';
-import { watch, type FSWatcher, readFileSync, readlinkSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
+import { constants, watch, type FSWatcher, readFileSync, readlinkSync, type Stats } from 'node:fs';
+import { lstat, mkdir, open, readdir, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
 import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
@@ -96,23 +122,57 @@ interface LockEntry {
   readonly record: HolderRecord | null;
 }
 
-const PROCESS_SCOPE = readProcessScope();
+/** CLOCK_MONOTONIC readings compare only within one boot. */
+const BOOT_ID = fromProc(() => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim());
+/** Boot id plus PID namespace: two processes with equal scopes see the same PIDs. */
+const PROCESS_SCOPE = BOOT_ID && fromProc(() => `${BOOT_ID}/${readlinkSync('/proc/self/ns/pid')}`);
 
 const BEAT_NAME = /^beat\.([0-9a-f]{16})\.([1-9][0-9]{0,15})\.(0|[1-9][0-9]{0,15})$/;
 const CLAIM_NAME = /^claim\.([0-9a-f]{16})\.([1-9][0-9]{0,15})$/;
 const TOKEN_NAME = /^[1-9][0-9]{0,15}$/;
+const MARKER_NAME = /^recreated\.([0-9a-z-]{1,64})\.([0-9]{1,16})$/;
+
+/** The largest token: the one after it would no longer be exact in a double (2^53 - 1). */
+const LAST_TOKEN = Number.MAX_SAFE_INTEGER - 1;
 
 /**
- * Per election directory, the largest token this process has taken or seen (in tokens/ or in a
- * beat name). Kept outside the session: a new session of the same process still remembers.
+ * How much of a lock entry is read. The largest record leaderd writes is under 4 KiB (an id of
+ * 253 and an address of 1024 characters, at most 3 bytes each in UTF-8, and the rest); a longer
+ * entry is not one of ours, and reading it all could exhaust memory.
  */
-const highestSeen = new Map<string, number>();
+const RECORD_LIMIT = 8192;
 
-function remember(dir: string, token: number): void {
-  if (token > (highestSeen.get(dir) ?? 0)) highestSeen.set(dir, token);
+/** The sticky bit of a mode (not among Node's fs.constants). */
+const STICKY = 0o1000;
+
+/** How many foreign names are warned about, each once; then one line says the rest are not. */
+const WARN_LIMIT = 100;
+
+/**
+ * Per election directory, what this process knows, kept outside the session so that a new
+ * session of the same process still knows it: the largest token it has taken or seen (in tokens/
+ * or in a beat name), and the directory's inode when it last made sure of the layout.
+ */
+interface Known {
+  token: number;
+  inode: number | null;
+  /** The refusal to lead past LAST_TOKEN has been logged. */
+  refused: boolean;
+}
+const known = new Map<string, Known>();
+
+function knownOf(dir: string): Known {
+  let entry = known.get(dir);
+  if (!entry) known.set(dir, (entry = { token: 0, inode: null, refused: false }));
+  return entry;
 }
 
-/** Names already warned about, so that a malformed entry is reported once, not on every look. */
+function remember(dir: string, token: number): void {
+  const entry = knownOf(dir);
+  if (token > entry.token) entry.token = token;
+}
+
+/** Names already warned about, so that a foreign entry is reported once, not on every look. */
 const warned = new Set<string>();
 
 class LocalSession implements Session {
@@ -127,6 +187,8 @@ class LocalSession implements Session {
   private holding: { beat: number; fencingToken: number; record: HolderRecord } | null = null;
   /** The foreign lock entry last seen, and since when (monotonic), for expiry. */
   private seen: { name: string; since: number } | null = null;
+  /** Entries of staging/ and since when (monotonic) they have been seen there. */
+  private staged = new Map<string, number>();
   private queue: Promise<unknown> = Promise.resolve();
   private observeQueued = false;
   private watcher: FSWatcher | null = null;
@@ -149,40 +211,37 @@ class LocalSession implements Session {
   }
 
   async start(): Promise<void> {
-    // Another user's directory could be emptied or filled by them: tokens could go down, and a
-    // lock could be faked. Both the directory itself and the election's are checked.
-    await ownDirectory(this.root);
-    await ownDirectory(this.dir);
     await this.ensureLayout();
     // Polling catches what the watcher does not report: renewals inside the lock directory, which
-    // expiry is timed by.
+    // expiry is timed by. It also retries a candidate that had to wait.
     this.pollTimer = setInterval(() => this.scheduleObserve(), Math.min(Math.max(this.ttlMs / 10, 100), 1000));
     await this.observe();
   }
 
   renew(): Promise<void> {
     return this.serially(async () => {
-      if (!this.holding) {
-        await this.ensureLayout();
-        return;
+      if (this.holding) {
+        const { fencingToken, beat } = this.holding;
+        try {
+          await rename(this.beatPath(fencingToken, beat), this.beatPath(fencingToken, beat + 1));
+        } catch (error) {
+          if (code(error) !== 'ENOENT') throw error;
+          this.holding = null;
+          throw new SessionLostError('a peer expired our lock');
+        }
+        this.holding = { ...this.holding, beat: beat + 1 };
       }
-      const { fencingToken, beat } = this.holding;
-      const next = beat + 1;
-      try {
-        await rename(this.beatPath(fencingToken, beat), this.beatPath(fencingToken, next));
-      } catch (error) {
-        if (code(error) !== 'ENOENT') throw error;
-        this.holding = null;
-        throw new SessionLostError('a peer expired our lock');
-      }
-      this.holding = { ...this.holding, beat: next };
-      // A cleaner may have emptied tokens/: the leader puts its own token back, so that even a
-      // candidate that never saw this term (a process started later) takes a larger one. The
-      // renewal rests on the heartbeat alone, so this upkeep failing only warns.
+      // Upkeep, which the renewal does not rest on, so its failing only warns: what a cleaner
+      // removed is made again; the leader puts its own token back, so that even a candidate that
+      // never saw this term (a process started later) takes a larger one; what a crash left in
+      // staging/ goes. A directory that fails the checks of the start ends the session instead:
+      // the next start refuses it.
       try {
         await this.ensureLayout();
-        await this.createToken(fencingToken);
+        if (this.holding) await this.createToken(this.holding.fencingToken);
+        await this.removeAbandonedStaging();
       } catch (error) {
+        if (error instanceof BackendConfigError) throw new SessionLostError(error.message);
         this.context.log.warn({ err: errorMessage(error) }, 'cannot restore the election directory');
       }
     });
@@ -214,18 +273,60 @@ class LocalSession implements Session {
   }
 
   /**
-   * Creates what a cleaner removed (mkdir -p), and watches the election directory again when it
-   * is a new one: a watcher on a removed directory reports nothing more.
+   * Checks --local-dir and the election directory, makes again what a cleaner removed, replaces
+   * what is not a directory where one belongs, and watches the election directory again when it
+   * is a new one (a watcher on a removed directory reports nothing more). Having to make any of it,
+   * or finding a new directory, once this process has seen a term, means that a live leader may
+   * have lost its lock without a compare: the marker is left before the layout is made, so that
+   * no candidate can stage a lock in it without finding the marker.
    */
   private async ensureLayout(): Promise<void> {
-    for (const dir of [this.tokensDir, this.stagingDir]) await mkdir(dir, { recursive: true, mode: 0o700 });
-    const inode = (await stat(this.dir)).ino;
+    await ownDirectory(this.root);
+    const { made, inode } = await ownDirectory(this.dir);
+    const layout = [this.tokensDir, this.stagingDir];
+    const intact = (await Promise.all(layout.map(async (path) => (await lstatOrNull(path))?.isDirectory() ?? false))).every(Boolean);
+    const election = knownOf(this.dir);
+    if (election.token > 0 && (made || !intact || (election.inode !== null && election.inode !== inode))) await this.markRecreated();
+    election.inode = inode;
+    if (!intact) for (const path of layout) await directoryAt(path);
     if (inode === this.watchedInode || this.closed) return;
     this.watcher?.close();
     // Changes to the lock directory's entry wake us at once.
     this.watcher = watch(this.dir, () => this.scheduleObserve());
     this.watcher.on('error', () => undefined);
     this.watchedInode = inode;
+  }
+
+  private async markRecreated(): Promise<void> {
+    // Rounded up: the marker must not claim a moment before the removal it was made after.
+    const marker = `recreated.${BOOT_ID ?? 'unknown'}.${Math.ceil(monotonicMs())}`;
+    try {
+      await writeFile(join(this.dir, marker), '', { flag: 'wx', mode: 0o600 });
+    } catch (error) {
+      if (code(error) !== 'EEXIST') throw error;
+    }
+    this.context.log.warn({ dir: this.dir, marker }, 'the election directory was removed or replaced: nobody takes the lock until a ttl has passed');
+  }
+
+  /**
+   * How long no candidate may take the lock yet: until a ttl after the youngest marker of this
+   * boot. Markers of another boot (no leader of it is alive), older than a ttl, or from the future
+   * (not written on this clock) are removed.
+   */
+  private async recreatedWaitMs(): Promise<number> {
+    const names = await readdir(this.dir).catch(ignoreMissing);
+    // Read after the listing: every marker in it was written after its writer read the clock,
+    // and rounded up by under 1 ms, so none of ours can be more than 1 ms ahead of `now`.
+    const now = monotonicMs();
+    let waitMs = 0;
+    for (const name of names) {
+      const marker = MARKER_NAME.exec(name);
+      if (!marker) continue;
+      const ageMs = now - Number(marker[2]);
+      if (marker[1] === (BOOT_ID ?? 'unknown') && ageMs >= -1 && ageMs < this.ttlMs) waitMs = Math.max(waitMs, this.ttlMs - ageMs);
+      else await unlink(join(this.dir, name)).catch(() => undefined);
+    }
+    return waitMs;
   }
 
   private scheduleObserve(): void {
@@ -275,17 +376,23 @@ class LocalSession implements Session {
 
   /** The claim or beat in the lock directory; null when nobody holds it; 'busy' mid-change. */
   private async currentEntry(): Promise<LockEntry | null | 'busy'> {
+    // lstat: a lock that is a symlink must not be followed, or the cleanup below would empty the
+    // directory it points to.
+    const info = await lstatOrNull(this.lockDir);
+    if (!info) return null;
+    if (!info.isDirectory()) {
+      // Nothing leaderd makes: it would refuse every lock. unlink() cannot remove a directory, so
+      // a lock renamed into place meanwhile is safe from it.
+      this.warnOnce('lock', 'the lock is not a directory; removing it');
+      await unlink(this.lockDir).catch(() => undefined);
+      return null;
+    }
     let names: string[];
     try {
       names = await readdir(this.lockDir);
     } catch (error) {
-      if (code(error) === 'ENOENT') return null;
-      if (code(error) !== 'ENOTDIR') throw error;
-      // Not a directory (nothing leaderd makes): it would refuse every lock. unlink() cannot
-      // remove a directory, so a lock renamed into place meanwhile is safe from it.
-      this.warnOnce('lock', 'the lock is not a directory; removing it');
-      await unlink(this.lockDir).catch(() => undefined);
-      return null;
+      if (code(error) === 'ENOENT' || code(error) === 'ENOTDIR') return 'busy'; // changed since the lstat
+      throw error;
     }
     const own = this.holding && this.beatName(this.holding.fencingToken, this.holding.beat);
     const held = names.filter((name) => name.startsWith('beat.') || name.startsWith('claim.'));
@@ -302,19 +409,13 @@ class LocalSession implements Session {
       return null;
     }
     const beat = BEAT_NAME.exec(name);
-    const fencingToken = beat && Number.isSafeInteger(Number(beat[2]) + 1) ? Number(beat[2]) : null;
+    const fencingToken = beat ? parseToken(beat[2]!) : null;
     if (fencingToken === null && !CLAIM_NAME.test(name)) {
       this.warnOnce(`lock/${name}`, 'the lock holds an entry of unknown form; it expires after the ttl', { entry: name });
     }
-    let text: string;
-    try {
-      text = await readFile(join(this.lockDir, name), 'utf8');
-    } catch (error) {
-      if (code(error) === 'ENOENT') return 'busy';
-      if (code(error) !== 'EISDIR') throw error;
-      text = '';
-    }
-    const record = parseRecord(text);
+    const text = await readEntry(join(this.lockDir, name));
+    if (text === 'gone') return 'busy'; // renamed or expired since the readdir
+    const record = text === null ? null : parseRecord(text);
     if (!record) this.warnOnce(`lock/${name}`, 'the lock holds an unreadable record; it expires after the ttl', { entry: name });
     return { name, fencingToken, record };
   }
@@ -340,8 +441,17 @@ class LocalSession implements Session {
     await rmdir(this.lockDir).catch(() => undefined);
   }
 
-  private async acquire(): Promise<void> {
+  /**
+   * False while no candidate may take the lock: within a ttl of a marker (the poll looks again),
+   * or with no token left. Also makes sure of the layout the lock is staged in.
+   */
+  private async mayAcquire(): Promise<boolean> {
     await this.ensureLayout();
+    return (await this.recreatedWaitMs()) === 0 && !this.refuseToLead(knownOf(this.dir).token);
+  }
+
+  private async acquire(): Promise<void> {
+    if (!(await this.mayAcquire())) return;
     const attempt = ++this.attempts;
     const claim = `claim.${this.sessionId}.${attempt}`;
     const record: HolderRecord = {
@@ -361,18 +471,22 @@ class LocalSession implements Session {
       throw error;
     }
     // The lock is ours. Only now is the token taken: every earlier term's token was taken before
-    // its lock was released, so it is on disk or remembered, and ours is larger.
+    // its lock was released, so it is on disk or remembered, and ours is larger. Nobody leads on a
+    // claim, so giving it back is harmless.
     const dropClaim = async () => {
       await unlink(join(this.lockDir, claim)).catch(() => undefined);
       await rmdir(this.lockDir).catch(() => undefined);
     };
-    let fencingToken: number;
+    let fencingToken: number | null;
     try {
-      fencingToken = await this.nextToken();
+      // Looked at again: a removal of the directory between the first look and the rename would
+      // have gone unnoticed.
+      fencingToken = (await this.mayAcquire()) ? await this.nextToken() : null;
     } catch (error) {
       await dropClaim();
       throw error;
     }
+    if (fencingToken === null) return dropClaim();
     try {
       await rename(join(this.lockDir, claim), this.beatPath(fencingToken, 0));
     } catch (error) {
@@ -396,14 +510,34 @@ class LocalSession implements Session {
     await rmdir(this.lockDir).catch(() => undefined);
   }
 
-  private async nextToken(): Promise<number> {
+  /** The next token, or null when there is none left (refuseToLead). */
+  private async nextToken(): Promise<number | null> {
     for (;;) {
-      const candidate = Math.max(await this.largestToken(), highestSeen.get(this.dir) ?? 0, Date.now()) + 1;
-      remember(this.dir, candidate);
-      if (!(await this.createToken(candidate))) continue;
-      await this.pruneTokensBelow(candidate);
-      return candidate;
+      const largest = Math.max(await this.largestToken(), knownOf(this.dir).token, Date.now());
+      if (this.refuseToLead(largest)) return null;
+      remember(this.dir, largest + 1);
+      if (!(await this.createToken(largest + 1))) continue;
+      await this.pruneTokensBelow(largest + 1);
+      return largest + 1;
     }
+  }
+
+  /**
+   * True when `largest` leaves no token to take. Only a foreign file in tokens/ can get there (the
+   * clock will not for 285,000 years): it stays until removed, and every sidecar that saw it
+   * remembers it, so the error says so once and names it.
+   */
+  private refuseToLead(largest: number): boolean {
+    if (largest < LAST_TOKEN) return false;
+    const election = knownOf(this.dir);
+    if (!election.refused) {
+      election.refused = true;
+      this.context.log.error(
+        { file: join(this.tokensDir, String(largest)) },
+        'no fencing token is left above this file (only a file in tokens/ that leaderd did not write leads there): refusing to lead; stop every sidecar of the election, remove the file, start them again',
+      );
+    }
+    return true;
   }
 
   /** Creates tokens/<token> (and tokens/ when a cleaner removed it); false when it was there already. */
@@ -416,7 +550,7 @@ class LocalSession implements Session {
         if (code(error) === 'EEXIST') return false;
         if (code(error) !== 'ENOENT' || tries === 3) throw error;
       }
-      await mkdir(this.tokensDir, { recursive: true, mode: 0o700 });
+      await directoryAt(this.tokensDir);
     }
   }
 
@@ -424,8 +558,8 @@ class LocalSession implements Session {
   private async largestToken(): Promise<number> {
     let largest = 0;
     for (const name of await readdir(this.tokensDir).catch(ignoreMissing)) {
-      const token = Number(name);
-      if (!TOKEN_NAME.test(name) || !Number.isSafeInteger(token + 1)) {
+      const token = parseToken(name);
+      if (token === null) {
         this.warnOnce(`tokens/${name}`, 'ignoring an entry of tokens/ that is not a token', { entry: name });
         continue;
       }
@@ -438,13 +572,40 @@ class LocalSession implements Session {
   // Smaller numbers only keep the directory growing; the largest is what makes tokens grow.
   private async pruneTokensBelow(limit: number): Promise<void> {
     for (const name of await readdir(this.tokensDir).catch(ignoreMissing)) {
-      if (TOKEN_NAME.test(name) && Number(name) < limit) await unlink(join(this.tokensDir, name)).catch(() => undefined);
+      const token = parseToken(name);
+      if (token !== null && token < limit) await unlink(join(this.tokensDir, name)).catch(() => undefined);
     }
+  }
+
+  /**
+   * Removes what has stayed in staging/ for a ttl: a candidate stages for a moment only, so it is
+   * what a crash left between staging and renaming (or not leaderd's). Timed by our own watching,
+   * like expiry, so a clock step cannot make a fresh one look old.
+   */
+  private async removeAbandonedStaging(): Promise<void> {
+    const now = monotonicMs();
+    const seen = new Map<string, number>();
+    for (const name of await readdir(this.stagingDir).catch(ignoreMissing)) {
+      const since = this.staged.get(name) ?? now;
+      if (now - since < this.ttlMs) {
+        seen.set(name, since);
+        continue;
+      }
+      await rm(join(this.stagingDir, name), { recursive: true, force: true });
+      this.context.log.info({ entry: name }, 'removed what a crash left in staging/');
+    }
+    this.staged = seen;
   }
 
   private warnOnce(key: string, message: string, details: Record<string, unknown> = {}): void {
     const id = `${this.dir}/${key}`;
-    if (warned.has(id)) return;
+    // Bounded: a directory that keeps filling with new names must not fill memory.
+    if (warned.has(id) || warned.size > WARN_LIMIT) return;
+    if (warned.size === WARN_LIMIT) {
+      warned.add('');
+      this.context.log.warn({ dir: this.dir }, `${WARN_LIMIT} entries leaderd did not write have been warned about; further ones are not`);
+      return;
+    }
     warned.add(id);
     this.context.log.warn({ dir: this.dir, ...details }, message);
   }
@@ -459,12 +620,15 @@ class LocalSession implements Session {
 }
 
 /**
- * Makes `path` if it is missing and checks that it is a directory of the user running leaderd.
- * A wrong one cannot become right by retrying: BackendConfigError, naming local-dir.
+ * Makes `path` if it is missing and checks that it is a directory of the user running leaderd
+ * that not every user may write to, unless it is sticky (then nobody else can remove or rename
+ * what leaderd keeps there). A wrong one cannot become right by retrying: BackendConfigError,
+ * naming local-dir.
  */
-async function ownDirectory(path: string): Promise<void> {
+async function ownDirectory(path: string): Promise<{ made: boolean; inode: number }> {
+  let made: boolean;
   try {
-    await mkdir(path, { recursive: true, mode: 0o700 });
+    made = (await mkdir(path, { recursive: true, mode: 0o700 })) !== undefined;
   } catch (error) {
     const reason = code(error);
     if (reason === 'EEXIST' || reason === 'ENOTDIR') throw new BackendConfigError(`local-dir: ${path} is not a directory`);
@@ -478,6 +642,59 @@ async function ownDirectory(path: string): Promise<void> {
   if (process.getuid && info.uid !== process.getuid()) {
     throw new BackendConfigError(`local-dir: ${path} belongs to another user (uid ${info.uid}); choose a directory of your own`);
   }
+  if ((info.mode & constants.S_IWOTH) !== 0 && (info.mode & STICKY) === 0) {
+    throw new BackendConfigError(`local-dir: ${path} is writable by every user; chmod o-w, or chmod +t so that nobody can remove what is not theirs`);
+  }
+  return { made, inode: info.ino };
+}
+
+/**
+ * Makes `path` a directory: whatever else is in its place, a symlink included, is unlinked first,
+ * never followed. unlink() cannot remove a directory, so one a peer made meanwhile stays.
+ */
+async function directoryAt(path: string): Promise<void> {
+  for (let tries = 1; ; tries++) {
+    const info = await lstatOrNull(path);
+    if (info?.isDirectory()) return;
+    try {
+      if (info) await unlink(path);
+      await mkdir(path, { mode: 0o700 });
+      return;
+    } catch (error) {
+      // A peer was replacing it too: look again.
+      if (tries === 3 || !['ENOENT', 'EEXIST', 'EISDIR'].includes(code(error) ?? '')) throw error;
+    }
+  }
+}
+
+/**
+ * A lock entry's text, read without trusting the entry: never through a symlink, never waiting on
+ * a FIFO or a device, never more than RECORD_LIMIT bytes. null when it is no readable regular
+ * file (it then expires like any other unreadable record); 'gone' when it vanished meanwhile.
+ */
+async function readEntry(path: string): Promise<string | null | 'gone'> {
+  let file;
+  try {
+    file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch (error) {
+    return code(error) === 'ENOENT' ? 'gone' : null;
+  }
+  try {
+    if (!(await file.stat()).isFile()) return null;
+    const buffer = Buffer.alloc(RECORD_LIMIT);
+    const { bytesRead } = await file.read(buffer, 0, RECORD_LIMIT, 0);
+    return buffer.toString('utf8', 0, bytesRead);
+  } catch {
+    return null;
+  } finally {
+    await file.close().catch(() => undefined);
+  }
+}
+
+/** A token as leaderd writes it, or null: a name leaderd cannot have written is no token. */
+function parseToken(name: string): number | null {
+  const token = Number(name);
+  return TOKEN_NAME.test(name) && token <= LAST_TOKEN ? token : null;
 }
 
 /** The record of a claim or beat, or null when it is not one leaderd wrote. */
@@ -516,13 +733,21 @@ function processExists(pid: number): boolean {
   }
 }
 
-/** Boot id plus PID namespace: two processes with equal scopes see the same PIDs. */
-function readProcessScope(): string | null {
+/** What `read` finds in /proc, or null where there is no /proc. */
+function fromProc(read: () => string): string | null {
   try {
-    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
-    return `${boot}/${readlinkSync('/proc/self/ns/pid')}`;
+    return read();
   } catch {
     return null;
+  }
+}
+
+async function lstatOrNull(path: string): Promise<Stats | null> {
+  try {
+    return await lstat(path);
+  } catch (error) {
+    if (code(error) === 'ENOENT') return null;
+    throw error;
   }
 }
 

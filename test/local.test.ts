@@ -1,5 +1,7 @@
-import { spawn } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import {
+  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -7,10 +9,12 @@ import { EventSourceParserStream } from 'eventsource-parser/stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
 import { conformance, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
+import { violations, type HookRecord } from './overlap.js';
 import { BIN, runLeaderd, Sidecar, type LogLine, type RoleBody } from './harness/sidecar.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'leaderd-local-'));
 const ttlSeconds = 2;
+const ttlMs = ttlSeconds * 1000;
 const args = (election: string) => ['--backend', 'local', '--local-dir', dir, '--election', election, '--ttl', String(ttlSeconds)];
 
 conformance({ name: 'local', leaseSeconds: ttlSeconds, args });
@@ -41,7 +45,9 @@ describe('local: backend specifics', () => {
     expect(failed.err).toBe('timed out after 0.5 s');
     expect(node.logs.some((l) => l.msg === 'hook output' && l.line === 'ignoring SIGTERM')).toBe(true);
     const pid = Number(readFileSync(pidFile, 'utf8'));
-    expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
+    // Killed: gone, or a zombie that leaderd has not reaped yet (the run is over once no member
+    // of the hook's group runs, see src/process-group.ts; reaping follows asynchronously).
+    expect(running(pid)).toBe(false);
     await node.waitForLog((l) => l.msg === 'resigned: out of the race', 5000, 'resignation');
   });
 
@@ -112,6 +118,30 @@ function removeDirectory(path: string): void {
   const away = `${path}.removed-${process.hrtime.bigint()}`;
   renameSync(path, away);
   rmSync(away, { recursive: true, force: true, maxRetries: 5 });
+}
+
+/**
+ * Runs leaderd as `nobody` (Sidecar runs it as the test's user, root); `primary` resolves with its
+ * `role: primary` line. The caller kills it.
+ */
+function primaryAsNobody(argv: string[], env: NodeJS.ProcessEnv, timeoutMs: number) {
+  const child = spawn(process.execPath, [BIN, '--http', '127.0.0.1:0', ...argv], {
+    uid: NOBODY,
+    gid: NOBODY,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const primary = new Promise<LogLine>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no role: primary within ${timeoutMs} ms`)), timeoutMs);
+    createInterface({ input: child.stdout }).on('line', (text) => {
+      const line = JSON.parse(text) as LogLine;
+      if (line.msg === 'role: primary') {
+        clearTimeout(timer);
+        resolve(line);
+      }
+    });
+  });
+  return { child, primary };
 }
 
 /** Runs leaderd to its exit, or kills it after `timeoutMs` (then the code is null). */
@@ -270,24 +300,9 @@ describe('local: --local-dir', () => {
     const state = mkdtempSync(join(tmpdir(), 'leaderd-xdg-'));
     chownSync(state, NOBODY, NOBODY);
     const election = newElection();
-    const child = spawn(process.execPath, [BIN, '--id', 'xdg', '--http', '127.0.0.1:0', '--election', election, '--ttl', '2'], {
-      uid: NOBODY,
-      gid: NOBODY,
-      env: { ...process.env, HOME: '/nonexistent', XDG_STATE_HOME: state },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const { child, primary } = primaryAsNobody(['--id', 'xdg', '--election', election, '--ttl', '2'], { HOME: '/nonexistent', XDG_STATE_HOME: state }, 15000);
     try {
-      const primary = await new Promise<LogLine>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('no role: primary within 15 s')), 15000);
-        createInterface({ input: child.stdout }).on('line', (text) => {
-          const line = JSON.parse(text) as LogLine;
-          if (line.msg === 'role: primary') {
-            clearTimeout(timer);
-            resolve(line);
-          }
-        });
-      });
-      expect(primary.fencingToken).toBeGreaterThan(0);
+      expect((await primary).fencingToken).toBeGreaterThan(0);
       expect(existsSync(join(state, 'leaderd', election, 'tokens'))).toBe(true);
     } finally {
       child.kill('SIGKILL');
@@ -312,6 +327,272 @@ describe('local: --local-dir', () => {
           // not empty
         }
       }
+    }
+  });
+});
+
+/** Resolves once `condition` holds, looking every 10 ms; rejects after `timeoutMs`. */
+async function until(condition: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** The kernel's state letter for a process (T: stopped). */
+function processState(pid: number): string {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+}
+
+/** The sidecar's exit, or 'still running' after `timeoutMs`. */
+function exitWithin(node: Sidecar, timeoutMs: number): Promise<unknown> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise((resolve) => (timer = setTimeout(resolve, timeoutMs, 'still running')));
+  return Promise.race([node.exited, late]).finally(() => clearTimeout(timer));
+}
+
+/** Whether a process exists and has not exited (a zombie has). */
+function running(pid: number): boolean {
+  try {
+    return !['Z', 'X'].includes(processState(pid));
+  } catch {
+    return false; // no such process
+  }
+}
+
+/**
+ * Runs `change` while `nodes` are stopped (SIGSTOP, seen stopped), then continues them: a change
+ * of several steps that the sidecars must not see half done, nor undo before it is complete.
+ */
+async function whileStopped(nodes: Sidecar[], change: () => void): Promise<void> {
+  for (const node of nodes) node.signal('SIGSTOP');
+  try {
+    await until(() => nodes.every((n) => processState(n.pid) === 'T'), 5000, 'sidecars stopped');
+    change();
+  } finally {
+    for (const node of nodes) node.signal('SIGCONT');
+  }
+}
+
+/**
+ * Runs `body` with the sidecars it starts, and kills them afterwards whatever happens: tests that
+ * run concurrently cannot share an afterEach that kills every sidecar.
+ */
+async function withSidecars<T>(body: (start: (id: string, argv: string[]) => Promise<Sidecar>) => Promise<T>): Promise<T> {
+  const started: Sidecar[] = [];
+  try {
+    return await body(async (id, argv) => {
+      const sidecar = await Sidecar.start(id, argv);
+      started.push(sidecar);
+      return sidecar;
+    });
+  } finally {
+    for (const sidecar of started) sidecar.signal('SIGKILL');
+    await Promise.all(started.map((s) => s.exited));
+  }
+}
+
+/** What a sidecar logs when it finds its election directory made again under a term it knew. */
+const RECREATED = 'the election directory was removed or replaced: nobody takes the lock until a ttl has passed';
+
+describe('local: the election directory removed under a live leader', () => {
+  afterEach(() => Sidecar.killAll());
+
+  it('removed while the leader is frozen for less than its lease: nobody is promoted until the old term has ended', async () => {
+    const election = newElection();
+    const files = [scratchFile('wipe-frozen-a'), scratchFile('wipe-frozen-b')];
+    const nodes = await Promise.all(['a', 'b'].map((n, i) => Sidecar.start(`local-wipe-frozen-${n}`, [...args(election), ...hookArgs(files[i]!)])));
+    const before = await settled(nodes, 15000);
+    const replica = before.replicas[0]!;
+    await before.primary.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'promote', 10000, 'promote hook');
+
+    // Frozen only until the replica has reacted to the removal: before the fix by leading at once
+    // (its promote hook has run), after it by marking the directory. That is shorter than the
+    // lease left after the last renewal (at least ttl/3), so the thawed primary still holds a
+    // valid lease and acts as primary until it notices that its lock is gone.
+    before.primary.signal('SIGSTOP');
+    try {
+      await until(() => processState(before.primary.pid) === 'T', 5000, 'the primary stopped');
+      removeDirectory(join(dir, election));
+      await replica.waitForLog((l) => l.msg === RECREATED || (l.msg === 'hook succeeded' && l.hook === 'promote'), 5000, 'the removal noticed');
+    } finally {
+      before.primary.signal('SIGCONT');
+    }
+
+    await before.primary.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'demote', 10000, 'the old term demoted');
+    const after = await settled(nodes, ttlMs * 3 + 5000);
+    expect(after.state.fencingToken!).toBeGreaterThan(before.state.fencingToken!);
+    await after.primary.waitForLog(
+      (l) => l.msg === 'hook succeeded' && l.hook === 'promote' && l.fencingToken === after.state.fencingToken,
+      10000,
+      'promote of the new term',
+    );
+    // No frozen/thawed records: the frozen primary's term counts as lasting through its freeze,
+    // since it still held a valid lease when it thawed.
+    const records = files.flatMap((f) => readHookRecords(f)) as unknown as HookRecord[];
+    expect(violations(records)).toEqual([]);
+  });
+});
+
+describe.concurrent('local: foreign things in the directory', () => {
+  it('an entry in lock/ that is no readable file (dangling symlink, FIFO, symlink to /dev/zero, a directory) or no record (not JSON): it expires after the ttl like any other, and the sidecar leads and stops on SIGTERM', async () => {
+    const kinds: Record<string, (path: string) => void> = {
+      dangling: (path) => symlinkSync('/nonexistent/leaderd-entry', path),
+      fifo: (path) => execFileSync('mkfifo', [path]),
+      zero: (path) => symlinkSync('/dev/zero', path),
+      directory: (path) => mkdirSync(path),
+      text: (path) => writeFileSync(path, 'not a record\n'),
+    };
+    await withSidecars((start) =>
+      Promise.all(
+        Object.entries(kinds).map(async ([kind, make]) => {
+          const election = newElection();
+          mkdirSync(join(dir, election, 'lock'), { recursive: true, mode: 0o700 });
+          make(join(dir, election, 'lock', 'claim.0123456789abcdef.1'));
+          const startedAt = performance.now();
+          const node = await start(`local-foreign-${kind}`, args(election));
+          await node.waitForRole('primary', ttlMs + 10000);
+          expect(performance.now() - startedAt, `${kind}: expired only after the ttl`).toBeGreaterThanOrEqual(ttlMs);
+          node.signal('SIGTERM');
+          expect(await exitWithin(node, 10000), `${kind}: SIGTERM`).toEqual({ code: 0, signal: null });
+        }),
+      ),
+    );
+  });
+
+  it('an entry in lock/ that the sidecar may not read (mode 000, leaderd running as nobody): it expires after the ttl', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'leaderd-nobody-'));
+    const election = newElection();
+    const lock = join(root, election, 'lock');
+    mkdirSync(lock, { recursive: true, mode: 0o700 });
+    const entry = join(lock, 'claim.0123456789abcdef.1');
+    writeFileSync(entry, '{}', { mode: 0o000 });
+    for (const path of [root, join(root, election), lock, entry]) chownSync(path, NOBODY, NOBODY);
+    const startedAt = performance.now();
+    const { child, primary } = primaryAsNobody(['--id', 'unreadable', '--local-dir', root, '--election', election, '--ttl', String(ttlSeconds)], {}, ttlMs + 10000);
+    try {
+      await primary;
+      expect(performance.now() - startedAt).toBeGreaterThanOrEqual(ttlMs);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
+  it('lock, tokens and staging as symlinks to a directory elsewhere: the links are replaced, never followed, and nothing outside --local-dir changes', async () => {
+    const election = newElection();
+    const victim = mkdtempSync(join(tmpdir(), 'leaderd-victim-'));
+    // A file named like a token, and one named like nothing leaderd makes: both must survive.
+    writeFileSync(join(victim, '5'), 'keep\n');
+    writeFileSync(join(victim, 'victim'), 'keep\n');
+    mkdirSync(join(dir, election), { mode: 0o700 });
+    for (const name of ['lock', 'tokens', 'staging']) symlinkSync(victim, join(dir, election, name));
+    await withSidecars(async (start) => {
+      const node = await start('local-symlinks', args(election));
+      await node.waitForRole('primary', 15000);
+      expect(readdirSync(victim).sort()).toEqual(['5', 'victim']);
+      for (const name of ['lock', 'tokens', 'staging']) expect(lstatSync(join(dir, election, name)).isDirectory(), name).toBe(true);
+    });
+  });
+
+  it('tokens/ made a file and staging/ a dangling symlink while the sidecars run: after kill -9 of the leader a replica still takes over', async () => {
+    const election = newElection();
+    await withSidecars(async (start) => {
+      const nodes = await Promise.all(['a', 'b'].map((n) => start(`local-odd-layout-${n}`, args(election))));
+      const { primary, replicas } = await settled(nodes, 15000);
+      const base = join(dir, election);
+      await whileStopped(nodes, () => {
+        removeDirectory(join(base, 'tokens'));
+        writeFileSync(join(base, 'tokens'), 'a file\n');
+        removeDirectory(join(base, 'staging'));
+        symlinkSync('/nonexistent/leaderd-staging', join(base, 'staging'));
+      });
+      primary.signal('SIGKILL');
+      await replicas[0]!.waitForRole('primary', ttlMs * 3 + 5000);
+      expect(lstatSync(join(base, 'tokens')).isDirectory()).toBe(true);
+    });
+  });
+
+  it('a token file at 2^53 - 2, the largest token leaderd issues: nobody leads past it, each sidecar says so in one error line naming the file; names that are no safe token are ignored', async () => {
+    const election = newElection();
+    const tokens = join(dir, election, 'tokens');
+    mkdirSync(tokens, { recursive: true, mode: 0o700 });
+    const last = join(tokens, String(Number.MAX_SAFE_INTEGER - 1));
+    for (const name of [String(Number.MAX_SAFE_INTEGER - 1), String(Number.MAX_SAFE_INTEGER), '9999999999999999', '99999999999999999999']) {
+      writeFileSync(join(tokens, name), '');
+    }
+    await withSidecars(async (start) => {
+      const refusal = (l: LogLine) => l.level === 50 && l.file === last;
+      const a = await start('local-last-a', args(election));
+      await a.waitForLog(refusal, 10000, 'the refusal');
+      // A second sidecar refuses too, while the first goes on looking (every ttl/10) without repeating itself.
+      const b = await start('local-last-b', args(election));
+      await b.waitForLog(refusal, 10000, 'the refusal');
+      expect(a.logs.filter((l) => l.level >= 50)).toHaveLength(1);
+      for (const node of [a, b]) expect((await node.role()).role).toBe('replica');
+
+      // Removed, the file no longer holds back a sidecar that never saw it; the others remember it.
+      unlinkSync(last);
+      const c = await start('local-last-c', args(election));
+      const state = await c.waitForRole('primary', 15000);
+      expect(state.fencingToken!).toBeLessThan(Number.MAX_SAFE_INTEGER - 1);
+    });
+  });
+
+  it('what crashes and strangers leave: a staged lock directory is removed after a ttl; 150 names in tokens/ that are no tokens are warned about at most 100 times', async () => {
+    const election = newElection();
+    const staged = join(dir, election, 'staging', '0123456789abcdef.7');
+    mkdirSync(staged, { recursive: true, mode: 0o700 });
+    writeFileSync(join(staged, 'claim.0123456789abcdef.7'), '{}');
+    mkdirSync(join(dir, election, 'tokens'), { mode: 0o700 });
+    for (let i = 0; i < 150; i++) writeFileSync(join(dir, election, 'tokens', `junk-${i}`), '');
+    await withSidecars(async (start) => {
+      const node = await start('local-leftovers', args(election));
+      await node.waitForRole('primary', 15000);
+      await node.waitForLog((l) => l.msg === 'removed what a crash left in staging/', ttlMs * 3 + 5000, 'the staged directory removed');
+      expect(existsSync(staged)).toBe(false);
+      expect(node.logs.filter((l) => l.msg === 'ignoring an entry of tokens/ that is not a token').length).toBeLessThanOrEqual(100);
+    });
+  });
+});
+
+describe('local: --local-dir that others may write to', () => {
+  afterEach(() => Sidecar.killAll());
+
+  it('a --local-dir writable by every user is refused (exit 2, one line naming it), unless it has the sticky bit', async () => {
+    const open = mkdtempSync(join(tmpdir(), 'leaderd-open-'));
+    chmodSync(open, 0o777);
+    const result = await runUntilExit(['--id', 'open', '--http', '127.0.0.1:0', '--local-dir', open, '--election', newElection()], 15000);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${open} is writable by every user; chmod o-w, or chmod +t so that nobody can remove what is not theirs\n`);
+
+    const sticky = mkdtempSync(join(tmpdir(), 'leaderd-sticky-'));
+    chmodSync(sticky, 0o1777);
+    const node = await Sidecar.start('local-sticky', ['--local-dir', sticky, '--election', newElection(), '--ttl', String(ttlSeconds)]);
+    await node.waitForRole('primary', 15000);
+  });
+
+  it('made writable by every user while the sidecars run, or replaced by another user\'s directory: every sidecar steps down and exits 2', async () => {
+    const opened = mkdtempSync(join(tmpdir(), 'leaderd-opened-'));
+    const replaced = mkdtempSync(join(tmpdir(), 'leaderd-replaced-'));
+    const argsIn = (root: string, election: string) => ['--local-dir', root, '--election', election, '--ttl', String(ttlSeconds)];
+    const [e1, e2] = [newElection(), newElection()];
+    const first = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`local-opened-${n}`, argsIn(opened, e1))));
+    const second = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`local-replaced-${n}`, argsIn(replaced, e2))));
+    await Promise.all([settled(first, 15000), settled(second, 15000)]);
+
+    chmodSync(opened, 0o777);
+    // Swapped while they are stopped, so that none of them makes the directory again in between.
+    await whileStopped(second, () => {
+      renameSync(replaced, `${replaced}.removed`);
+      mkdirSync(replaced, { mode: 0o700 });
+      chownSync(replaced, NOBODY, NOBODY);
+    });
+
+    for (const node of [...first, ...second]) {
+      expect(await exitWithin(node, ttlMs * 3 + 5000), node.id).toEqual({ code: 2, signal: null });
+      expect(node.stderr, node.id).toMatch(/^leaderd: invalid configuration: local-dir: [^\n]*(writable by every user|belongs to another user)[^\n]*\n$/);
     }
   });
 });
