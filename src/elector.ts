@@ -86,6 +86,8 @@ const CLOCK_CHECK_MS = 250;
 
 interface Attempt {
   view: View;
+  /** The session was reported lost before it finished opening. */
+  lost: Error | null;
 }
 
 interface Published {
@@ -261,7 +263,7 @@ export class Elector {
   /** Opens a session; returns how long to wait before the next step. */
   private async open(): Promise<number> {
     const { backend, candidate, election, log, timing } = this.options;
-    const attempt: Attempt = { view: NO_VIEW };
+    const attempt: Attempt = { view: NO_VIEW, lost: null };
     const sentAt = now();
     const opening = backend.open({
       election,
@@ -276,6 +278,7 @@ export class Elector {
           if (this.attempt === attempt) this.reconcile('observed');
         },
         lost: (reason) => {
+          attempt.lost ??= reason;
           if (this.attempt === attempt) this.dropSession(`session lost: ${reason.message}`);
         },
       },
@@ -297,6 +300,12 @@ export class Elector {
     if (this.phase !== 'running') {
       void session.close().catch(() => undefined);
       return 0;
+    }
+    // Lost while it opened (a ZooKeeper reconnect that renegotiated the timeout, say): unusable.
+    if (attempt.lost) {
+      void session.close().catch(() => undefined);
+      log.warn({ err: attempt.lost.message }, 'the session was lost while it opened; retrying');
+      return this.retryDelayMs;
     }
     this.session = session;
     this.attempt = attempt;
