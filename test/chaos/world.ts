@@ -1,7 +1,8 @@
 /**
  * A chaos world: N sidecars (separate processes) in one election on a real deployment, each
  * reaching its server through a TCP proxy of its own, all writing their promote and demote hook
- * records into one log that the harness also writes what it did to them (killed, frozen, thawed).
+ * records (when each hook started, and when it finished) into one log that the harness also
+ * writes what it did to them (killed, frozen, thawed).
  * A trial injects one fault, waits until the election has settled again, and checks the log.
  */
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -178,7 +179,8 @@ export class ChaosWorld {
 
   /**
    * Waits until every node runs, exactly one is primary and all others name it with its token,
-   * and the hook log agrees: the primary's term is the only one open, with that token. The roles
+   * and the hook log agrees: the primary's term is the only one open, with that token, and every
+   * demote hook that started has finished (or its node was killed). The roles
    * are read again each time (a node may be primary for a moment and resign), so only an
    * agreement that holds when looked at is accepted. If the roles agree but the log never does,
    * the difference is reported as lost hook notifications.
@@ -194,16 +196,22 @@ export class ChaosWorld {
       const agreed =
         primary !== null &&
         roles.every((r) => r !== null && r.fencingToken === token && r.leader?.id === primary.id && (r.role === 'replica' || r.id === primary.id));
-      const open = agreed ? termsOf(this.records()).terms.filter((t) => t.to === Infinity) : [];
+      const terms = agreed ? termsOf(this.records()).terms : [];
+      const open = terms.filter((t) => t.to === Infinity);
+      // A demote hook still running: the term it ends is not over until it has finished.
+      const stepping = terms.filter((t) => t.stepping);
       // A node still held off after a resign (a failed promote) is not a candidate yet: a fault
       // now would measure the hold-off left over from the trial before, not its own failover.
       const candidates = this.nodes.every((n) => !n.sidecar || inTheRace(n.sidecar));
-      if (agreed && candidates && open.length === 1 && open[0]!.id === primary.id && open[0]!.token === token) return { primary, token: token!, lost: [] };
+      if (agreed && candidates && stepping.length === 0 && open.length === 1 && open[0]!.id === primary.id && open[0]!.token === token) {
+        return { primary, token: token!, lost: [] };
+      }
       if (Date.now() > deadline) {
         if (!agreed) throw new Error(`no settled election within ${timeoutMs} ms: ${JSON.stringify(roles.map((r) => r && [r.id, r.role, r.leader?.id, r.fencingToken]))}`);
         const lost: string[] = [];
         if (!open.some((t) => t.id === primary.id && t.token === token)) lost.push(`promotion of ${primary.id} (token ${token})`);
         for (const t of open.filter((t) => t.id !== primary.id || t.token !== token)) lost.push(`demote of ${t.id} (token ${t.token})`);
+        for (const t of stepping) lost.push(`end of the demote of ${t.id} (token ${t.token}), started at ${t.demotedAt}`);
         return { primary, token: token!, lost };
       }
       await sleep(50);
