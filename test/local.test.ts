@@ -145,7 +145,7 @@ function primaryAsNobody(argv: string[], env: NodeJS.ProcessEnv, timeoutMs: numb
 }
 
 /** Runs leaderd to its exit, or kills it after `timeoutMs` (then the code is null). */
-async function runUntilExit(argv: string[], timeoutMs: number) {
+async function runUntilItEnds(argv: string[], timeoutMs: number) {
   const child = spawn(process.execPath, [BIN, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
@@ -275,7 +275,7 @@ describe('local: --local-dir', () => {
   it('a --local-dir that belongs to another user is refused: exit 2 and one line on stderr naming local-dir', async () => {
     const foreign = mkdtempSync(join(tmpdir(), 'leaderd-foreign-'));
     chownSync(foreign, NOBODY, NOBODY);
-    const result = await runUntilExit(['--id', 'foreign', '--http', '127.0.0.1:0', '--local-dir', foreign, '--election', newElection()], 15000);
+    const result = await runUntilItEnds(['--id', 'foreign', '--http', '127.0.0.1:0', '--local-dir', foreign, '--election', newElection()], 15000);
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/^leaderd: invalid configuration: local-dir: [^\n]*belongs to another user[^\n]*\n$/);
   });
@@ -283,7 +283,7 @@ describe('local: --local-dir', () => {
   it('a --local-dir that is a file is refused: exit 2 and one line on stderr saying it is not a directory', async () => {
     const file = scratchFile('not-a-dir');
     writeFileSync(file, 'a file\n');
-    const result = await runUntilExit(['--id', 'file', '--http', '127.0.0.1:0', '--local-dir', file, '--election', newElection()], 15000);
+    const result = await runUntilItEnds(['--id', 'file', '--http', '127.0.0.1:0', '--local-dir', file, '--election', newElection()], 15000);
     expect(result.code).toBe(2);
     expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${file} is not a directory\n`);
   });
@@ -563,7 +563,7 @@ describe('local: --local-dir that others may write to', () => {
   it('a --local-dir writable by every user is refused (exit 2, one line naming it), unless it has the sticky bit', async () => {
     const open = mkdtempSync(join(tmpdir(), 'leaderd-open-'));
     chmodSync(open, 0o777);
-    const result = await runUntilExit(['--id', 'open', '--http', '127.0.0.1:0', '--local-dir', open, '--election', newElection()], 15000);
+    const result = await runUntilItEnds(['--id', 'open', '--http', '127.0.0.1:0', '--local-dir', open, '--election', newElection()], 15000);
     expect(result.code).toBe(2);
     expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${open} is writable by every user; chmod o-w, or chmod +t so that nobody can remove what is not theirs\n`);
 
