@@ -22,11 +22,20 @@
  *
  * What the lock holds is read defensively: a value that is not leaderd's {id, address} names the
  * holder by its session, with one warning per holder.
+ *
+ * Member records live beside the election, not in it: PREFIX/.cluster/ELECTION/members/<session>,
+ * written with ?acquire=<session> so the session holds its record (an acquire by the holder
+ * replaces the value), and PREFIX/.cluster/ELECTION/leader-position, a plain key that outlives
+ * every session. When Consul invalidates a session it releases, not deletes, the keys it held, so
+ * a record counts only while held by the session it names; released ones are leftovers, and
+ * readCluster deletes a few per call (guarded by their ModifyIndex, in the background) so dead
+ * members do not pile up. close() deletes its own at once. readCluster is one ?consistent
+ * recursive GET, seeing every write completed before it; each publish is one PUT.
  */
 import { randomBytes } from 'node:crypto';
 import Consul from 'consul';
-import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { SessionLostError, started, candidateFrom } from '../src/backend.js';
+import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
+import { MAX_RECORD_BYTES, SessionLostError, started, candidateFrom } from '../src/backend.js';
 import { errorMessage } from '../src/elector.js';
 
 export interface ConsulOptions {
@@ -45,6 +54,17 @@ interface KvItem {
   Session?: string;
   Value: string | null;
 }
+
+/** An entry of the records' directory, read as bytes so a value's size is known before its text. */
+interface RecordItem {
+  Key: string;
+  ModifyIndex: number;
+  Session?: string;
+  Value: Buffer | null;
+}
+
+/** Leftover member keys deleted per readCluster: enough to keep up with deaths, never a burst. */
+const SWEEP_PER_READ = 3;
 
 export class ConsulBackend implements Backend {
   readonly kind = 'consul';
@@ -86,6 +106,12 @@ class ConsulSession implements Session {
   private retryTimer: NodeJS.Timeout | undefined;
   /** The last holder whose value was reported as not leaderd's. */
   private notedHolder: string | null = null;
+  /** PREFIX/.cluster/ELECTION: the member records and the leader position. */
+  private readonly records: string;
+  /** Keys there that are not records, already warned about: only those still present are kept. */
+  private notedRecords = new Set<string>();
+  /** Deleting leftover member keys; one sweep at a time. */
+  private sweeping: Promise<void> | null = null;
 
   constructor(
     private readonly client: Consul,
@@ -95,6 +121,11 @@ class ConsulSession implements Session {
     this.serviceId = `leaderd-${context.election}-${randomBytes(6).toString('hex')}`;
     this.checkId = `${this.serviceId}-alive`;
     this.key = `${options.keyPrefix}/${context.election}/leader`.replace(/^\//, '');
+    this.records = `${options.keyPrefix}/.cluster/${context.election}`.replace(/^\//, '');
+  }
+
+  private get memberKey(): string {
+    return `${this.records}/members/${this.sessionId}`;
   }
 
   private get timeout() {
@@ -173,8 +204,73 @@ class ConsulSession implements Session {
       await this.release().catch(() => undefined);
       const id = this.sessionId;
       await this.call('session', () => this.client.session.destroy({ id, ...this.timeout })).catch(() => undefined);
+      // Destroyed, the session no longer holds its record, so nobody reads it; deleted, nobody
+      // has to sweep it either.
+      const key = this.memberKey;
+      await this.call('delete', () => this.client.kv.del({ key, ...this.timeout })).catch(() => undefined);
     }
     await this.call('register', () => this.client.agent.service.deregister({ id: this.serviceId, ...this.timeout }));
+  }
+
+  async publishMember(record: string): Promise<void> {
+    const key = this.memberKey;
+    const written = await this.call('put', () => this.client.kv.set({ key, value: record, acquire: this.sessionId!, ...this.timeout }));
+    // Refused: the session no longer holds its key, as after Consul invalidated it (renew() reports the loss).
+    if (!written) throw new Error(`Consul refused the member record ${key}: is the session still valid?`);
+  }
+
+  async publishLeaderPosition(record: string): Promise<void> {
+    const key = `${this.records}/leader-position`;
+    await this.call('put', () => this.client.kv.set({ key, value: record, ...this.timeout }));
+  }
+
+  async readCluster(): Promise<ClusterRecords> {
+    const prefix = `${this.records}/`;
+    const items = (await this.call('get', () =>
+      this.client.kv.get({ key: prefix, recurse: true, consistent: true, buffer: true, ...this.timeout } as never),
+    )) as unknown as RecordItem[] | undefined;
+    const members: string[] = [];
+    let leaderPosition: string | null = null;
+    const leftovers: RecordItem[] = [];
+    const notRecords = new Map<string, string>();
+    for (const item of items ?? []) {
+      const name = item.Key.slice(prefix.length);
+      const holder = /^members\/([^/]+)$/.exec(name)?.[1];
+      if (holder !== undefined && !item.Session) {
+        leftovers.push(item);
+        continue;
+      }
+      // A record is the position, or a member key held by the session it is named after.
+      const isRecord = holder === undefined ? name === 'leader-position' : item.Session === holder;
+      const value = item.Value ?? Buffer.alloc(0);
+      if (!isRecord) notRecords.set(item.Key, 'not a record');
+      else if (value.length > MAX_RECORD_BYTES) notRecords.set(item.Key, `larger than ${MAX_RECORD_BYTES} bytes`);
+      else if (holder === undefined) leaderPosition = value.toString();
+      else members.push(value.toString());
+    }
+    for (const [key, why] of notRecords) {
+      if (!this.notedRecords.has(key)) this.context.log.warn({ key, why }, 'skipping a Consul key among the member records');
+    }
+    this.notedRecords = new Set(notRecords.keys());
+    this.sweep(leftovers.slice(0, SWEEP_PER_READ));
+    return { members, leaderPosition };
+  }
+
+  /**
+   * Deletes member keys whose session is gone, each only if unchanged since it was read: a key
+   * acquired again meanwhile is not a leftover. Best effort; the next read finds what is left.
+   */
+  private sweep(leftovers: RecordItem[]): void {
+    if (this.sweeping || this.closed || leftovers.length === 0) return;
+    this.sweeping = Promise.all(
+      leftovers.map(({ Key: key, ModifyIndex: cas }) =>
+        this.call('delete', () => this.client.kv.del({ key, cas, ...this.timeout })).catch((error) =>
+          this.context.log.debug({ key, err: errorMessage(error) }, 'cannot delete a leftover member record'),
+        ),
+      ),
+    ).then(() => {
+      this.sweeping = null;
+    });
   }
 
   private call<T>(operation: string, request: () => Promise<T>): Promise<T> {

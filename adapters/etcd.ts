@@ -33,16 +33,31 @@
  * the election at once, handing leadership to a key older than the leader's and so with a smaller
  * fencing token. Our own key overwritten by anyone (its lease no longer ours) ends the session.
  * Keys are compared as bytes. What a value says is read defensively and never throws.
+ *
+ * Member records live beside the election, not in it: PREFIX/.cluster/ELECTION/members/<lease id
+ * in hex>, written with the session's lease so that it dies with the session (revoking the lease
+ * on close deletes it at once; a killed member's goes when its lease expires), and the durable
+ * PREFIX/.cluster/ELECTION/leader-position, without a lease. `.cluster` cannot be an election
+ * name, so the election's watch never sees them and they never count as candidates. A publish is
+ * one put. readCluster is one linearizable range over PREFIX/.cluster/ELECTION/, members and
+ * position together, so it sees every write completed before it; it is measured as `range
+ * records`, apart from `range`, which counts reads of the election. Keys there are anyone's to
+ * write: a value over MAX_RECORD_BYTES, a key of another shape, and a member key without a lease
+ * (nothing would ever delete it: it is no live member's) are skipped with one warning each.
  */
-import { Etcd3, type IEvent, type IKeyValue, type Watcher } from 'etcd3';
+import { Etcd3, EtcdLeaseInvalidError, type IEvent, type IKeyValue, type Watcher } from 'etcd3';
 import { ExponentialBackoff, noop } from 'cockatiel';
-import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError, started, candidateFrom, isCandidateName } from '../src/backend.js';
+import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
+import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started, candidateFrom, isCandidateName } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
-/** How many foreign keys a session remembers having warned about. */
+/** How many foreign keys a session remembers having warned about (in the election, and in the records). */
 const NOTED_KEYS = 100;
+
+/** A member record's name under PREFIX/.cluster/ELECTION/: its lease id in hex. */
+const MEMBER_NAME = /^members\/[0-9a-f]+$/;
+const POSITION_NAME = 'leader-position';
 
 /**
  * A key as candidates are told apart: its bytes, one character each. Keys are bytes in etcd, and
@@ -85,7 +100,8 @@ export class EtcdBackend implements Backend {
   }
 
   open(context: SessionContext): Promise<Session> {
-    return started(new EtcdSession(this.client, `${this.options.prefix}/${context.election}/`, context));
+    const { prefix } = this.options;
+    return started(new EtcdSession(this.client, `${prefix}/${context.election}/`, `${prefix}/.cluster/${context.election}/`, context));
   }
 
   async shutdown(): Promise<void> {
@@ -102,6 +118,8 @@ class EtcdSession implements Session {
   private candidates = new Map<string, IKeyValue>();
   /** Keys already reported in the log (without a lease, or naming no one), by create revision. */
   private readonly noted = new Map<string, string>();
+  /** The same for keys under the member records that are not records. */
+  private readonly notedRecords = new Map<string, string>();
   /** Our candidacy's key as candidates are keyed (bytes, see keyOf). */
   private ownKeyBytes = '';
   /**
@@ -118,11 +136,17 @@ class EtcdSession implements Session {
   constructor(
     private readonly client: Etcd3,
     private readonly directory: string,
+    /** Where the member records and the leader position are, outside the election's prefix. */
+    private readonly records: string,
     private readonly context: SessionContext,
   ) {}
 
   private get ownKey(): string {
     return `${this.directory}${BigInt(this.leaseId).toString(16)}`;
+  }
+
+  private get memberKey(): string {
+    return `${this.records}members/${BigInt(this.leaseId).toString(16)}`;
   }
 
   private deadline() {
@@ -180,6 +204,47 @@ class EtcdSession implements Session {
     this.candidacySince = null;
     this.unwatch();
     await this.revoke();
+  }
+
+  async publishMember(record: string): Promise<void> {
+    try {
+      await this.context.measure('put', () => this.client.put(this.memberKey).value(record).lease(this.leaseId).options(this.deadline()).exec());
+    } catch (error) {
+      // Only a lease that is gone refuses a put on it: so is the session.
+      if (!(error instanceof EtcdLeaseInvalidError)) throw error;
+      const lost = new SessionLostError(`etcd lease ${this.leaseId} is gone (writing our member record)`);
+      this.context.events.lost(lost);
+      throw lost;
+    }
+  }
+
+  async publishLeaderPosition(record: string): Promise<void> {
+    await this.context.measure('put', () =>
+      this.client.put(`${this.records}${POSITION_NAME}`).value(record).options(this.deadline()).exec(),
+    );
+  }
+
+  async readCluster(): Promise<ClusterRecords> {
+    const answer = await this.context.measure('range records', () => this.client.getAll().prefix(this.records).options(this.deadline()).exec());
+    const from = Buffer.from(this.records).length;
+    const members: string[] = [];
+    let leaderPosition: string | null = null;
+    const present = new Set<string>();
+    for (const kv of answer.kvs) {
+      present.add(keyOf(kv));
+      const name = kv.key.subarray(from).toString('latin1');
+      if (kv.value.length > MAX_RECORD_BYTES) {
+        this.noteOnce(kv, `a value under the member records is larger than ${MAX_RECORD_BYTES} bytes: skipped`, this.notedRecords);
+      } else if (name === POSITION_NAME) {
+        leaderPosition = kv.value.toString();
+      } else if (MEMBER_NAME.test(name) && kv.lease !== '0') {
+        members.push(kv.value.toString());
+      } else {
+        this.noteOnce(kv, 'a key under the member records is not a live record: skipped', this.notedRecords);
+      }
+    }
+    for (const key of this.notedRecords.keys()) if (!present.has(key)) this.notedRecords.delete(key);
+    return { members, leaderPosition };
   }
 
   private async revoke(): Promise<void> {
@@ -309,12 +374,13 @@ class EtcdSession implements Session {
   }
 
   /** Logs a warning about a key once, not on every event that shows it again. */
-  private noteOnce(kv: IKeyValue, message: string): void {
+  private noteOnce(kv: IKeyValue, message: string, noted = this.noted): void {
     const key = keyOf(kv);
-    if (this.noted.get(key) === kv.create_revision) return;
-    // Bounded: thousands of foreign keys must not grow it (or the log) without end.
-    if (this.noted.size >= NOTED_KEYS) this.noted.delete(this.noted.keys().next().value!);
-    this.noted.set(key, kv.create_revision);
+    if (noted.get(key) === kv.create_revision) return;
+    // Bounded: thousands of foreign keys must not grow it (or the log) without end. Past the bound
+    // new keys go unreported, rather than evicting one that a later read would report again.
+    if (noted.size >= NOTED_KEYS) return;
+    noted.set(key, kv.create_revision);
     this.context.log.warn({ key: kv.key.toString(), createRevision: kv.create_revision }, message);
   }
 

@@ -23,6 +23,11 @@
  *   recreated.<boot>.<ms>     the election directory or its layout had to be made again, at <ms>
  *                             on CLOCK_MONOTONIC of boot <boot>: nobody takes the lock before
  *                             <ms> + ttl.
+ *   members/<session>.<scope>.<pid>.<n>
+ *                             a session's member record, as the core wrote it (never parsed here).
+ *                             Outside lock/, so it is never a candidate. <scope> is a digest of
+ *                             the writer's boot and PID namespace, <n> its renewal count.
+ *   leader-position           the last leader's position record, which outlives every session.
  *
  * The heartbeat is the *name* of the beat file. The leader renews by renaming beat.S.T.n to
  * beat.S.T.n+1; a peer that has watched the same name for a whole ttl on its own monotonic clock
@@ -70,21 +75,44 @@
  * which makes a crash failover nearly immediate; a frozen (SIGSTOPped) leader still has a live
  * PID and is expired only after the ttl, like on any other backend.
  *
+ * Member records must go with their session, and no server expires them: like the beat, a
+ * record's name is its heartbeat. Every renew() renames members/S.x.p.n to S.x.p.n+1; readCluster()
+ * leaves out, and unlinks, a record whose name its session has watched unchanged for a ttl, or
+ * whose process is gone (the lock's test, so a crashed leader's record does not outlive its lock
+ * and hold back the failover). Rename and unlink name what they saw, so they are a compare-and-swap
+ * as for the lock; a bumped mtime could not be one (a peer could unlink a record renewed after it
+ * looked), and a wall-clock age would step with the clock. A session counts a record it sees for
+ * the first time as live until it has watched it for a ttl: it cannot tell a fresh name from a
+ * stale one, and a live member renames its record more often than that. So a record left by a
+ * crash in another boot or PID namespace is shown for a ttl by each new session, then removed. A
+ * renewal that finds its record gone (the session stalled for a ttl and a peer expired it, or a
+ * cleaner emptied members/) writes it again. publishMember() renames a staged file onto the
+ * current name, so nobody sees two records of one session; close() unlinks it before releasing
+ * the lock, so a successor does not find the record of the leader it replaces. leader-position is
+ * written the same way and never expires. members/ is made again like the rest of the layout, but
+ * without a recreated.* marker: no term rests on it. Costs, all local system calls: a publish is a
+ * staged write and a rename; a renewal one rename more; readCluster() an lstat and a readdir of
+ * members/, then an open, fstat, read and close per record and for leader-position, and an unlink
+ * per record it expires. A record renamed between the listing and its read makes it list again,
+ * so a renewal in between hides no live record.
+ *
  * What a cleaner removed is made again before it is used (on every attempt and every renewal),
  * and anything else in the place of lock/, tokens/ or staging/ (a file, a symlink) is unlinked,
  * never followed. --local-dir and the election's directory must be directories of the user
  * running leaderd that not every user may write to (unless sticky); that is checked at the start
  * and again on every attempt and renewal, since a cleaner may remove them and someone else make
  * them again. Even so, everything read from them is untrusted: an entry leaderd did not write is
- * warned about once, then expired after the ttl (a claim or beat), removed (anything else in lock/,
- * whatever a crash left in staging/ for a ttl, a stale marker) or ignored (in tokens/).
+ * warned about once, then expired after the ttl (a claim or beat, a member record), removed
+ * (anything else in lock/, whatever a crash left in staging/ for a ttl, a stale marker, a directory
+ * where a record is written) or ignored (in tokens/ and members/, and a record over
+ * MAX_RECORD_BYTES).
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { constants, watch, type FSWatcher, readFileSync, readlinkSync, type Stats } from 'node:fs';
 import { lstat, mkdir, open, readdir, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError, started } from '../src/backend.js';
+import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
+import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started } from '../src/backend.js';
 import { monotonicMs } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
@@ -131,6 +159,13 @@ const BEAT_NAME = /^beat\.([0-9a-f]{16})\.([1-9][0-9]{0,15})\.(0|[1-9][0-9]{0,15
 const CLAIM_NAME = /^claim\.([0-9a-f]{16})\.([1-9][0-9]{0,15})$/;
 const TOKEN_NAME = /^[1-9][0-9]{0,15}$/;
 const MARKER_NAME = /^recreated\.([0-9a-z-]{1,64})\.([0-9]{1,16})$/;
+const MEMBER_NAME = /^([0-9a-f]{16})\.([0-9a-f]{16}|none)\.([1-9][0-9]{0,9})\.(0|[1-9][0-9]{0,15})$/;
+
+/**
+ * PROCESS_SCOPE in a form that fits a file name: a member record's name, unlike a lock entry's
+ * content (which the core's opaque record replaces), is all that tells where its pid means something.
+ */
+const SCOPE_TAG = PROCESS_SCOPE ? createHash('sha256').update(PROCESS_SCOPE).digest('hex').slice(0, 16) : 'none';
 
 /** The largest token: the one after it would no longer be exact in a double (2^53 - 1). */
 const LAST_TOKEN = Number.MAX_SAFE_INTEGER - 1;
@@ -181,6 +216,8 @@ class LocalSession implements Session {
   private readonly lockDir: string;
   private readonly tokensDir: string;
   private readonly stagingDir: string;
+  private readonly membersDir: string;
+  private readonly positionPath: string;
   private campaigning = false;
   private closed = false;
   private attempts = 0;
@@ -189,6 +226,12 @@ class LocalSession implements Session {
   private seen: { name: string; since: number } | null = null;
   /** Entries of staging/ and since when (monotonic) they have been seen there. */
   private staged = new Map<string, number>();
+  /** Our member record, once published, and its renewal count (the <n> of its name). */
+  private member: { record: string; beat: number } | null = null;
+  /** Other sessions' member records and since when (monotonic) each name has been seen, for expiry. */
+  private members = new Map<string, number>();
+  /** Files staged for a record so far: each gets a name of its own. */
+  private writes = 0;
   private queue: Promise<unknown> = Promise.resolve();
   private observeQueued = false;
   private watcher: FSWatcher | null = null;
@@ -204,6 +247,8 @@ class LocalSession implements Session {
     this.lockDir = join(this.dir, 'lock');
     this.tokensDir = join(this.dir, 'tokens');
     this.stagingDir = join(this.dir, 'staging');
+    this.membersDir = join(this.dir, 'members');
+    this.positionPath = join(this.dir, 'leader-position');
   }
 
   private get ttlMs(): number {
@@ -233,16 +278,18 @@ class LocalSession implements Session {
       }
       // Upkeep, which the renewal does not rest on, so its failing only warns: what a cleaner
       // removed is made again; the leader puts its own token back, so that even a candidate that
-      // never saw this term (a process started later) takes a larger one; what a crash left in
-      // staging/ goes. A directory that fails the checks of the start ends the session instead:
-      // the next start refuses it.
+      // never saw this term (a process started later) takes a larger one; our member record is
+      // renewed (failing, it expires as a dead member's would, which is what it then is to the
+      // others); what a crash left in staging/ goes. A directory that fails the checks of the
+      // start ends the session instead: the next start refuses it.
       try {
         await this.ensureLayout();
         if (this.holding) await this.createToken(this.holding.fencingToken);
+        await this.renewMember();
         await this.removeAbandonedStaging();
       } catch (error) {
         if (error instanceof BackendConfigError) throw new SessionLostError(error.message);
-        this.context.log.warn({ err: errorMessage(error) }, 'cannot restore the election directory');
+        this.context.log.warn({ err: errorMessage(error) }, 'cannot restore the election directory or renew our member record');
       }
     });
   }
@@ -263,7 +310,141 @@ class LocalSession implements Session {
     this.campaigning = false;
     this.watcher?.close();
     clearInterval(this.pollTimer);
-    await this.serially(() => this.release());
+    await this.serially(async () => {
+      // First: a successor must not find the record of the leader it replaces.
+      if (this.member) await unlink(this.memberPath(this.member.beat)).catch(() => undefined);
+      this.member = null;
+      await this.release();
+    });
+  }
+
+  publishMember(record: string): Promise<void> {
+    return this.context.measure('write', () =>
+      this.serially(async () => {
+        // Nobody would renew or remove it: it would count as a live member for a ttl.
+        if (this.closed) throw new Error('the session is closed');
+        const beat = this.member?.beat ?? 0;
+        await this.writeRecord(this.memberPath(beat), record);
+        this.member = { record, beat };
+      }),
+    );
+  }
+
+  publishLeaderPosition(record: string): Promise<void> {
+    return this.context.measure('write', () => this.serially(() => this.writeRecord(this.positionPath, record)));
+  }
+
+  readCluster(): Promise<ClusterRecords> {
+    return this.context.measure('read', () => this.serially(() => this.readRecords()));
+  }
+
+  /** Renames our member record to its next name, or writes it again when it is gone. */
+  private async renewMember(): Promise<void> {
+    if (!this.member) return;
+    const { beat, record } = this.member;
+    try {
+      await rename(this.memberPath(beat), this.memberPath(beat + 1));
+    } catch (error) {
+      if (code(error) !== 'ENOENT') throw error;
+      // A peer expired it (we stalled for a ttl), or a cleaner removed it: we are live again.
+      await this.writeRecord(this.memberPath(beat + 1), record);
+    }
+    this.member = { record, beat: beat + 1 };
+  }
+
+  /**
+   * Puts `text` at `target` atomically: staged in staging/, then renamed into place, so a reader
+   * sees the old record or the new one, never part of one. What a cleaner removed is made again,
+   * and a directory in the target's place (nothing leaderd makes) is removed.
+   */
+  private async writeRecord(target: string, text: string): Promise<void> {
+    const staged = join(this.stagingDir, `record.${this.sessionId}.${++this.writes}`);
+    for (let tries = 1; ; tries++) {
+      try {
+        await writeFile(staged, text, { flag: 'wx', mode: 0o600 });
+        await rename(staged, target);
+        return;
+      } catch (error) {
+        await unlink(staged).catch(() => undefined);
+        if (tries === 3 || !['ENOENT', 'EISDIR', 'ENOTEMPTY', 'EEXIST'].includes(code(error) ?? '')) throw error;
+        if (code(error) === 'ENOENT') await this.ensureLayout();
+        else {
+          this.context.log.warn({ entry: target }, 'removing a directory in the place of a record');
+          await rm(target, { recursive: true, force: true });
+        }
+      }
+    }
+  }
+
+  /**
+   * Every live member record and the leader's position. A record is looked at without trusting
+   * it (readEntry); one renamed or removed between the listing and its read makes the listing be
+   * taken again, so that a renewal in between does not hide a live record.
+   */
+  private async readRecords(): Promise<ClusterRecords> {
+    for (let tries = 1; ; tries++) {
+      const members = await this.readMembers();
+      if (members) {
+        const position = await this.readRecord(this.positionPath, 'leader-position');
+        return { members, leaderPosition: position === 'gone' ? null : position };
+      }
+      if (tries === 3) throw new Error('members/ kept changing while it was read');
+    }
+  }
+
+  /** The live member records; null when one changed under the read. */
+  private async readMembers(): Promise<string[] | null> {
+    // A symlink in the place of members/ is not followed: the layout check replaces it.
+    if (!(await lstatOrNull(this.membersDir))?.isDirectory()) return [];
+    const names = await readdir(this.membersDir).catch(ignoreMissing);
+    const now = monotonicMs();
+    const own = this.member && this.memberName(this.member.beat);
+    const seen = new Map<string, number>();
+    const members: string[] = [];
+    for (const name of names) {
+      const member = MEMBER_NAME.exec(name);
+      if (!member) {
+        this.warnOnce(`members/${name}`, 'ignoring an entry of members/ that is not a member record', { entry: name });
+        continue;
+      }
+      const path = join(this.membersDir, name);
+      if (name !== own) {
+        const since = this.members.get(name) ?? now;
+        const gone = member[2] === SCOPE_TAG && SCOPE_TAG !== 'none' && !processExists(Number(member[3]));
+        if (gone || now - since >= this.ttlMs) {
+          try {
+            await unlink(path);
+            this.context.log.info({ entry: name }, 'expired the member record of a session that stopped renewing or whose process is gone');
+          } catch {
+            // Renamed meanwhile by a renewal a ttl late: found under its new name next time. Or
+            // not removable (a directory): it stays expired.
+            seen.set(name, since);
+          }
+          continue;
+        }
+        seen.set(name, since);
+      }
+      const record = await this.readRecord(path, `members/${member[1]}`);
+      if (record === 'gone') return null;
+      if (record !== null) members.push(record);
+    }
+    this.members = seen;
+    return members;
+  }
+
+  /** A record's text; null when it is none (not a regular file, too large); 'gone' when it vanished. */
+  private async readRecord(path: string, key: string): Promise<string | null | 'gone'> {
+    const bytes = await readEntry(path, MAX_RECORD_BYTES + 1);
+    if (bytes === 'gone') return 'gone';
+    if (bytes === null) {
+      this.warnOnce(key, 'ignoring a record that is no readable file', { entry: path });
+      return null;
+    }
+    if (bytes.length > MAX_RECORD_BYTES) {
+      this.warnOnce(key, `ignoring a record larger than ${MAX_RECORD_BYTES} bytes`, { entry: path });
+      return null;
+    }
+    return bytes.toString('utf8');
   }
 
   private serially<T>(operation: () => Promise<T>): Promise<T> {
@@ -289,6 +470,8 @@ class LocalSession implements Session {
     if (election.token > 0 && (made || !intact || (election.inode !== null && election.inode !== inode))) await this.markRecreated();
     election.inode = inode;
     if (!intact) for (const path of layout) await directoryAt(path);
+    // Member records are no part of a term: made again, members/ needs no marker.
+    await directoryAt(this.membersDir);
     if (inode === this.watchedInode || this.closed) return;
     this.watcher?.close();
     // Changes to the lock directory's entry wake us at once.
@@ -413,9 +596,9 @@ class LocalSession implements Session {
     if (fencingToken === null && !CLAIM_NAME.test(name)) {
       this.warnOnce(`lock/${name}`, 'the lock holds an entry of unknown form; it expires after the ttl', { entry: name });
     }
-    const text = await readEntry(join(this.lockDir, name));
+    const text = await readEntry(join(this.lockDir, name), RECORD_LIMIT);
     if (text === 'gone') return 'busy'; // renamed or expired since the readdir
-    const record = text === null ? null : parseRecord(text);
+    const record = text === null ? null : parseRecord(text.toString('utf8'));
     if (!record) this.warnOnce(`lock/${name}`, 'the lock holds an unreadable record; it expires after the ttl', { entry: name });
     return { name, fencingToken, record };
   }
@@ -610,6 +793,14 @@ class LocalSession implements Session {
     this.context.log.warn({ dir: this.dir, ...details }, message);
   }
 
+  private memberName(n: number): string {
+    return `${this.sessionId}.${SCOPE_TAG}.${process.pid}.${n}`;
+  }
+
+  private memberPath(n: number): string {
+    return join(this.membersDir, this.memberName(n));
+  }
+
   private beatName(fencingToken: number, n: number): string {
     return `beat.${this.sessionId}.${fencingToken}.${n}`;
   }
@@ -668,11 +859,11 @@ async function directoryAt(path: string): Promise<void> {
 }
 
 /**
- * A lock entry's text, read without trusting the entry: never through a symlink, never waiting on
- * a FIFO or a device, never more than RECORD_LIMIT bytes. null when it is no readable regular
- * file (it then expires like any other unreadable record); 'gone' when it vanished meanwhile.
+ * An entry's bytes, read without trusting the entry: never through a symlink, never waiting on a
+ * FIFO or a device, never more than `limit` bytes. null when it is no readable regular file;
+ * 'gone' when it vanished meanwhile.
  */
-async function readEntry(path: string): Promise<string | null | 'gone'> {
+async function readEntry(path: string, limit: number): Promise<Buffer | null | 'gone'> {
   let file;
   try {
     file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
@@ -681,9 +872,9 @@ async function readEntry(path: string): Promise<string | null | 'gone'> {
   }
   try {
     if (!(await file.stat()).isFile()) return null;
-    const buffer = Buffer.alloc(RECORD_LIMIT);
-    const { bytesRead } = await file.read(buffer, 0, RECORD_LIMIT, 0);
-    return buffer.toString('utf8', 0, bytesRead);
+    const buffer = Buffer.alloc(limit);
+    const { bytesRead } = await file.read(buffer, 0, limit, 0);
+    return buffer.subarray(0, bytesRead);
   } catch {
     return null;
   } finally {

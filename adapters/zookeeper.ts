@@ -8,7 +8,10 @@
  * No herd on a leader change: a candidate lists the children only when its predecessor goes.
  * Everyone also watches the leader, but when it goes, the others learn the new leader by
  * reading forward through the candidates they already know (sequence order never changes, and
- * later arrivals sort after them), one small read each, not a full listing.
+ * later arrivals sort after them), one small read each, not a full listing. A session out of the
+ * race (a member the failover gate keeps from standing, a resign's hold-off) has no predecessor,
+ * and in an empty election no leader, to watch: it also watches the children, and lists them
+ * again when they change.
  *
  * A create whose reply was lost is found again by its guid. Leadership is claimed only for a
  * node whose ephemeralOwner is this session. A renewal is a `sync`. Answered through a follower,
@@ -25,12 +28,26 @@
  *
  * What a candidate node holds is read defensively: anything but leaderd's {id, address} names the
  * candidate by its node, with one warning.
+ *
+ * Member records live outside the election, under PREFIX/.cluster/ELECTION (made on first use, and
+ * again if removed). members/<guid> is an EPHEMERAL node, so the ensemble deletes it with the
+ * session: at once on close(), whose close request the client waits for, and a ttl after a member
+ * died. Its name is fixed per session, so a create whose reply was lost cannot leave a second
+ * one: the next publish finds it and sets it. leader-position is a PERSISTENT node. A publish is
+ * one set (the first one: a failed set and a create).
+ *
+ * ZooKeeper serves reads from the connected server, which may be behind the ensemble's leader, so
+ * readCluster syncs that server first. It costs 1 sync + 1 listing + 1 get per member + 1 get for
+ * the position, the gets pipelined. A member node not named by a guid or not ephemeral (no
+ * session's: nothing would ever delete it) is skipped, and so is a value over MAX_RECORD_BYTES,
+ * with one warning each. Such a value is still read in, up to the server's jute.maxbuffer (1 MB by
+ * default): ZooKeeper gives a node's size only with its data, or for one more request.
  */
 import { randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type ZooKeeperClient from 'zookeeper';
-import type { Backend, Leader, Session, SessionContext } from '../src/backend.js';
-import { BackendConfigError, SessionLostError, started, candidateFrom } from '../src/backend.js';
+import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
+import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started, candidateFrom } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
 
@@ -52,6 +69,10 @@ interface Stat {
 }
 
 const CANDIDATE = /^([0-9a-f]{32})-n_(\d{10})$/;
+/** A member record is named by its session's guid. */
+const MEMBER = /^[0-9a-f]{32}$/;
+/** How many foreign nodes a session remembers having warned about. */
+const NOTED_MAX = 100;
 
 export class ZookeeperBackend implements Backend {
   readonly kind = 'zookeeper';
@@ -61,7 +82,8 @@ export class ZookeeperBackend implements Backend {
   constructor(private readonly options: ZookeeperOptions) {}
 
   open(context: SessionContext): Promise<Session> {
-    return started(new ZookeeperSession(this.options, `${this.options.prefix}/${context.election}`, context, this.granted));
+    const { prefix } = this.options;
+    return started(new ZookeeperSession(this.options, `${prefix}/${context.election}`, `${prefix}/.cluster/${context.election}`, context, this.granted));
   }
 
   async shutdown(): Promise<void> {}
@@ -74,6 +96,8 @@ class ZookeeperSession implements Session {
   private ownNode: string | null = null;
   /** Candidates as last listed, in sequence order. */
   private known: string[] = [];
+  /** A watch on the election's children is armed (see list()). */
+  private watchingChildren = false;
   private leaderNode: string | null = null;
   private predecessor: string | null = null;
   /** Nodes with a deletion watch armed (ZooKeeper watches fire once). */
@@ -81,15 +105,24 @@ class ZookeeperSession implements Session {
   private closed = false;
   private syncing: Promise<void> | null = null;
   private syncAgain: 'list' | 'follow' | null = null;
-  /** Candidate nodes whose data was already reported as not leaderd's. */
+  /** Foreign nodes already warned about: candidates not holding leaderd's data, non-records. */
   private readonly noted = new Set<string>();
+  private readonly members: string;
+  private readonly position: string;
+  /** With digest auth: nodes we may have created (even by a create that seemed to fail) and not restricted yet. */
+  private readonly unrestricted = new Set<string>();
 
   constructor(
     private readonly options: ZookeeperOptions,
     private readonly path: string,
+    /** PREFIX/.cluster/ELECTION: the records, outside what the election counts. */
+    private readonly records: string,
     private readonly context: SessionContext,
     private readonly granted: { once: boolean },
-  ) {}
+  ) {
+    this.members = `${records}/members`;
+    this.position = `${records}/leader-position`;
+  }
 
   async start(): Promise<void> {
     const ZK = require('zookeeper') as typeof ZooKeeperClient;
@@ -153,7 +186,7 @@ class ZookeeperSession implements Session {
     this.granted.once = true;
     this.context.log.info({ sessionTimeoutMs: negotiated, sessionId: zk.client_id }, 'ZooKeeper session established');
     if (this.options.auth) await this.call('auth', () => this.addAuth(this.options.auth!));
-    await this.call('mkdirp', () => new Promise<void>((resolve, reject) => zk.mkdirp(this.path, (error) => (error ? reject(error) : resolve()))));
+    await this.mkdirp(this.path);
     if (this.options.auth) await this.restrict(this.path);
     this.sync('list');
   }
@@ -191,10 +224,42 @@ class ZookeeperSession implements Session {
     await this.syncNow('list');
   }
 
+  /** Ending the session deletes its ephemeral nodes, our candidacy and member record. */
   async close(): Promise<void> {
     this.closed = true;
     this.ownNode = null;
     this.zk?.close();
+  }
+
+  async publishMember(record: string): Promise<void> {
+    await this.write('publishMember', `${this.members}/${this.guid}`, record, this.constants.ZOO_EPHEMERAL);
+  }
+
+  async publishLeaderPosition(record: string): Promise<void> {
+    await this.write('publishLeaderPosition', this.position, record, this.constants.ZOO_PERSISTENT);
+  }
+
+  async readCluster(): Promise<ClusterRecords> {
+    const zk = this.client();
+    // Our server may be behind the ensemble's leader; after the sync it has every write committed before it.
+    await this.call('readCluster', () => zk.sync(this.members));
+    let names: string[];
+    try {
+      names = await this.call('readCluster', () => zk.get_children(this.members, false));
+    } catch (error) {
+      if (errorCode(error) !== this.constants.ZNONODE) throw error;
+      names = [];
+    }
+    const member = async (name: string): Promise<string | null> => {
+      const path = `${this.members}/${name}`;
+      if (!MEMBER.test(name)) return this.skip(path, 'a node under the member records is not named by a session');
+      const found = await this.readRecord(path);
+      // Persistent, it is no session's: nothing would ever delete it.
+      if (found?.stat.ephemeralOwner === '0') return this.skip(path, 'a node under the member records is not ephemeral');
+      return found?.record ?? null;
+    };
+    const [position, members] = await Promise.all([this.readRecord(this.position), Promise.all(names.map(member))]);
+    return { members: members.filter((record) => record !== null), leaderPosition: position?.record ?? null };
   }
 
   private client(): ZooKeeper {
@@ -206,11 +271,101 @@ class ZookeeperSession implements Session {
     return this.context.measure(operation, request);
   }
 
-  private listCandidates(): Promise<string[]> {
+  private mkdirp(path: string): Promise<void> {
+    const zk = this.client();
+    return this.call('mkdirp', () => new Promise<void>((resolve, reject) => zk.mkdirp(path, (error) => (error ? reject(error) : resolve()))));
+  }
+
+  /**
+   * Sets a record's node, creating it when missing. A create that finds the node there sets it
+   * instead: its name is fixed, so it is ours from a create whose reply was lost, or (the
+   * position) another writer's.
+   */
+  private async write(operation: string, path: string, record: string, flags: number): Promise<void> {
+    const zk = this.client();
+    try {
+      await this.call(operation, () => zk.set(path, record, -1));
+    } catch (error) {
+      if (errorCode(error) !== this.constants.ZNONODE) throw error;
+      if (this.options.auth) this.unrestricted.add(path);
+      await this.create(operation, path, record, flags);
+    }
+    // Restricted before a publish counts as done, even a node from an earlier, failed publish.
+    for (const node of this.unrestricted) {
+      await this.restrict(node);
+      this.unrestricted.delete(node);
+    }
+  }
+
+  private async create(operation: string, path: string, record: string, flags: number): Promise<void> {
+    const zk = this.client();
+    for (let parentsMade = false; ; parentsMade = true) {
+      try {
+        await this.call(operation, () => zk.create(path, record, flags));
+        return;
+      } catch (error) {
+        const code = errorCode(error);
+        if (code === this.constants.ZNODEEXISTS) {
+          await this.call(operation, () => zk.set(path, record, -1));
+          return;
+        }
+        if (code !== this.constants.ZNONODE || parentsMade) throw error;
+      }
+      // The nodes above it are missing: never made yet, or removed.
+      if (this.options.auth) for (const node of [this.records, this.members]) this.unrestricted.add(node);
+      await this.mkdirp(this.members);
+    }
+  }
+
+  /** A record node as found; null when it is gone (since the listing, for a member) or too large. */
+  private async readRecord(path: string): Promise<{ stat: Stat; record: string } | null> {
+    let stat: Stat;
+    let data: Buffer | null;
+    try {
+      [stat, data] = (await this.call('readCluster', () => this.client().get(path, false))) as [Stat, Buffer | null];
+    } catch (error) {
+      if (errorCode(error) === this.constants.ZNONODE) return null;
+      throw error;
+    }
+    if (data && data.length > MAX_RECORD_BYTES) return this.skip(path, `a record is larger than ${MAX_RECORD_BYTES} bytes`);
+    return { stat, record: data ? data.toString() : '' };
+  }
+
+  private skip(node: string, why: string): null {
+    this.warnOnce(node, `${why}: skipped`);
+    return null;
+  }
+
+  /** Logs a warning about a foreign node once, not on every read that finds it again. */
+  private warnOnce(node: string, message: string): void {
+    if (this.noted.has(node)) return;
+    if (this.noted.size >= NOTED_MAX) this.noted.clear();
+    this.noted.add(node);
+    this.context.log.warn({ node }, message);
+  }
+
+  /** The candidates in sequence order; `watch`: and list again when they change (see list()). */
+  private listCandidates(watch = false): Promise<string[]> {
     return this.call('children', async () => {
-      const names = (await this.client().get_children(this.path, false)).filter((name) => CANDIDATE.test(name));
-      return names.sort((a, b) => sequenceOf(a) - sequenceOf(b));
+      const zk = this.client();
+      const names = watch && !this.watchingChildren ? await this.watchChildren(zk) : await zk.get_children(this.path, false);
+      return names.filter((name) => CANDIDATE.test(name)).sort((a, b) => sequenceOf(a) - sequenceOf(b));
     });
+  }
+
+  private async watchChildren(zk: ZooKeeper): Promise<string[]> {
+    this.watchingChildren = true;
+    try {
+      return await zk.w_get_children(this.path, (type: number) => {
+        // The client also hands connection changes to every watcher, and keeps it armed.
+        if (type === this.constants.ZOO_SESSION_EVENT) return;
+        this.watchingChildren = false;
+        if (!this.ownNode) this.sync('list');
+      });
+    } catch (error) {
+      this.watchingChildren = false;
+      throw error;
+    }
   }
 
   private async read(node: string): Promise<{ stat: Stat; data: string } | null> {
@@ -262,7 +417,10 @@ class ZookeeperSession implements Session {
 
   /** Lists the candidates, reports the leader, watches the predecessor, the leader and our node. */
   private async list(): Promise<void> {
-    const candidates = await this.listCandidates();
+    // A session out of the race has no predecessor to watch: a new candidate in an empty election
+    // would reach it only through a watch on the children. Members that do not stand (the failover
+    // gate, a resign's hold-off) are such sessions, and must still learn who leads.
+    const candidates = await this.listCandidates(this.ownNode === null);
     this.known = candidates;
     const own = this.ownNode;
     const index = own ? candidates.indexOf(own) : -1;
@@ -311,11 +469,7 @@ class ZookeeperSession implements Session {
   private leaderFrom(node: string, stat: Stat, data: string): Leader {
     const ours = candidateFrom(data);
     if (ours) return { ...ours, fencingToken: stat.czxid };
-    if (!this.noted.has(node)) {
-      if (this.noted.size >= 100) this.noted.clear();
-      this.noted.add(node);
-      this.context.log.warn({ node: `${this.path}/${node}` }, 'the leading candidate node does not hold leaderd\'s {id, address}: naming it by its node');
-    }
+    this.warnOnce(`${this.path}/${node}`, 'the leading candidate node does not hold leaderd\'s {id, address}: naming it by its node');
     return { id: node, address: '', fencingToken: stat.czxid };
   }
 

@@ -70,7 +70,38 @@ export interface Session {
   withdraw(): Promise<void>;
   /** Withdraws and ends the session (revokes the lease), best effort. */
   close(): Promise<void>;
+  /**
+   * Writes this session's member record, replacing the one it wrote before. The record lives
+   * exactly as long as the session (etcd: a key on its lease; ZooKeeper: an ephemeral node;
+   * Consul: a key held by the session; local: a file that counts only while renewed), so a member
+   * that dies takes its record with it, as it takes its candidacy. Records are keyed by session,
+   * not by member id: a restarted member may briefly have two, and the core keeps the newer.
+   */
+  publishMember(record: string): Promise<void>;
+  /** Writes the election's last-leader-position record, which outlives every session. */
+  publishLeaderPosition(record: string): Promise<void>;
+  /**
+   * Reads every live member record and the last-leader-position record as the service holds them
+   * now: the read sees every write completed before it was called, by anyone (etcd: a
+   * linearizable range; ZooKeeper: after a sync; Consul: ?consistent; local: the files).
+   */
+  readCluster(): Promise<ClusterRecords>;
 }
+
+/**
+ * What readCluster() found, as written: untrusted text, parsed by the core (src/cluster.ts). An
+ * adapter leaves out only what is not a record at all (a value too large, a record whose session
+ * is gone) and never throws on what a value holds.
+ */
+export interface ClusterRecords {
+  /** Every live member record, this session's own included, in no particular order. */
+  readonly members: readonly string[];
+  /** The last-leader-position record, or null when none was ever written. */
+  readonly leaderPosition: string | null;
+}
+
+/** Records larger than this are not leaderd's: adapters skip them rather than read them in. */
+export const MAX_RECORD_BYTES = 16 * 1024;
 
 export interface Backend {
   readonly kind: string;

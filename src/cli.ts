@@ -13,11 +13,14 @@ import { Elector, errorMessage } from './elector.js';
 import { HookRunner } from './hooks.js';
 import { createHttpServer, listen } from './http.js';
 import { createLogger, type Logger } from './log.js';
+import { Member } from './member.js';
 import { Metrics } from './metrics.js';
+import { clusterCommand } from './cluster-command.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
 export async function main(argv: readonly string[]): Promise<void> {
+  if (argv[0] === 'cluster') return void process.exit(await clusterCommand(argv.slice(1), process.env));
   let config: Config;
   try {
     const command = parseCommand(argv, process.env, BACKENDS);
@@ -48,6 +51,7 @@ async function run(config: Config): Promise<void> {
     if (exiting) return;
     exiting = true;
     log.info({ reason }, 'shutting down');
+    member.stop();
     await elector.stop();
     server?.closeAllConnections();
     server?.close();
@@ -55,6 +59,21 @@ async function run(config: Config): Promise<void> {
     process.exit(code);
   };
 
+  const member: Member = new Member({
+    election: config.election,
+    id: config.id,
+    address: config.address,
+    check: config.member.check,
+    checkIntervalMs: config.member.checkIntervalSeconds * 1000,
+    checkTimeoutMs: config.member.checkTimeoutSeconds * 1000,
+    priority: config.member.priority,
+    maxLag: config.member.maxLag,
+    unhealthyAfterMs: config.member.unhealthyAfterSeconds * 1000,
+    ttlMs: timing.ttlMs,
+    log,
+    elector: () => elector,
+    listener: { checkRun: (healthy) => metrics.checkRun(healthy), switchover: (result) => metrics.switchover(result) },
+  });
   const elector: Elector = new Elector({
     election: config.election,
     candidate: { id: config.id, address: config.address },
@@ -62,6 +81,7 @@ async function run(config: Config): Promise<void> {
     timing,
     log,
     settle: () => hooks.idle(),
+    gate: member,
     fatal: (error) => {
       log.error({ err: error.message }, 'the backend refused the configuration');
       process.stderr.write(`leaderd: invalid configuration: ${error.message}\n`);
@@ -74,6 +94,7 @@ async function run(config: Config): Promise<void> {
     backend: backend.kind,
     version: VERSION,
     status: () => elector.status(),
+    member: () => member.state(),
   });
   const hooks: HookRunner = new HookRunner({
     election: config.election,
@@ -98,6 +119,7 @@ async function run(config: Config): Promise<void> {
     ttlSeconds: config.ttlSeconds,
     backend: backend.kind,
     elector,
+    member,
     metrics,
     adminToken: config.adminToken,
     log,
@@ -119,6 +141,9 @@ async function run(config: Config): Promise<void> {
       // Which events have hooks, not the commands: their arguments may carry credentials.
       hooks: [...Object.keys(config.hooks.exec), ...(config.hooks.url ? ['url'] : [])],
       admin: config.adminToken !== null,
+      check: config.member.check !== null,
+      priority: config.member.priority,
+      maxLag: config.member.maxLag?.toString() ?? null,
       version: VERSION,
     },
     'leaderd started',
@@ -135,6 +160,7 @@ async function run(config: Config): Promise<void> {
     });
   }
   elector.start();
+  member.start();
 }
 
 function crash(log: Logger, error: unknown): void {

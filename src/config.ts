@@ -14,6 +14,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import type { TransitionEvent } from './elector.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
+import { PRIORITY_LIMIT } from './cluster.js';
 
 interface OptionSpec {
   readonly value: string;
@@ -49,6 +50,12 @@ export const OPTIONS = {
   'on-leader-change': { value: 'CMD', help: 'command run on every node when the leader changes' },
   'hook-url': { value: 'URL', help: 'URL that receives a POST of every hook event as JSON' },
   'hook-timeout': { value: 'SECONDS', help: 'a hook still running after this is stopped and counts as failed', default: '30' },
+  check: { value: 'CMD', help: 'health and position check of the application (no shell); see "Replication-aware failover"' },
+  'check-interval': { value: 'SECONDS', help: 'how often the check runs', default: 'the renew interval, a third of the lease' },
+  'check-timeout': { value: 'SECONDS', help: 'a check still running after this is stopped and counts as failed', default: 'the renew interval' },
+  'unhealthy-after': { value: 'SECONDS', help: 'a primary whose check has failed without a pass for this long steps down', default: 'the ttl' },
+  priority: { value: 'N', help: `0 never leads; at equal positions the higher priority leads (0-${PRIORITY_LIMIT})`, default: '1' },
+  'max-lag': { value: 'N', help: 'never lead when further behind the last leader\'s position (units of the check\'s position)', default: 'unlimited' },
   'promote-failure': { value: 'ACTION', help: 'when the promote hook fails: resign or ignore', default: 'resign' },
   'admin-token': { value: 'TOKEN', help: 'bearer token for POST /resign (prefer --admin-token-file)' },
   'admin-token-file': { value: 'FILE', help: 'file holding the admin bearer token' },
@@ -114,6 +121,15 @@ export interface Config {
     readonly timeoutSeconds: number;
     readonly promoteFailure: 'resign' | 'ignore';
   };
+  readonly member: {
+    /** argv, run without a shell; null: always healthy, position unknown. */
+    readonly check: readonly string[] | null;
+    readonly checkIntervalSeconds: number;
+    readonly checkTimeoutSeconds: number;
+    readonly priority: number;
+    readonly maxLag: bigint | null;
+    readonly unhealthyAfterSeconds: number;
+  };
   readonly adminToken: string | null;
   readonly logLevel: LogLevel;
   /** Settings that work but deserve a look (a secret file others can read), logged at start. */
@@ -148,7 +164,9 @@ export function helpText(version: string): string {
     '  --help                          show this help',
     '  --version                       print the version',
     '',
-    'HTTP API: GET /role /primary /replica /healthz / /watch /metrics; POST /resign',
+    'HTTP API: GET /role /primary /replica[?lag=N] /healthz / /watch /cluster /metrics; POST /resign /switchover',
+    '',
+    'Also: leaderd cluster [--http HOST:PORT]   the members of the election, as one sidecar sees them',
     '',
   ].join('\n');
 }
@@ -193,6 +211,8 @@ function flagError(error: unknown): string {
   if (unknown) return `unknown flag ${unknown[1]} (see --help)`;
   const missing = /Option '([^']+?)(?: <value>)?' argument missing/.exec(message);
   if (missing?.[1]) return `flag ${missing[1].replace(/^-\w, /, '')} needs a value`;
+  const ambiguous = /Option '([^']+?)' argument is ambiguous/.exec(message);
+  if (ambiguous?.[1]) return `flag ${ambiguous[1].replace(/^-\w, /, '')}: a value that starts with "-" must be written ${ambiguous[1].replace(/^-\w, /, '')}=VALUE`;
   return message.split('\n')[0] ?? message;
 }
 
@@ -245,7 +265,7 @@ const command = z.union([z.string(), z.array(z.string())]).transform((value, ctx
   const argv: string[] = [];
   for (const word of words) {
     if (typeof word !== 'string') {
-      ctx.addIssue({ code: 'custom', message: 'hooks run without a shell: pipes, redirections and globs are not allowed (wrap them in a script)' });
+      ctx.addIssue({ code: 'custom', message: 'commands run without a shell: pipes, redirections and globs are not allowed (wrap them in a script)' });
       return z.NEVER;
     }
     argv.push(word);
@@ -328,6 +348,20 @@ const schema = z.object({
   'on-leader-change': command.optional(),
   'hook-url': text.pipe(url(['http:', 'https:'])).optional(),
   'hook-timeout': seconds(0.001).default(30),
+  check: command.optional(),
+  'check-interval': seconds(0.01).optional(),
+  'check-timeout': seconds(0.01).optional(),
+  'unhealthy-after': seconds(0).optional(),
+  priority: z.coerce
+    .number({ error: 'must be a whole number' })
+    .pipe(z.number().int('must be a whole number').min(0, 'must be at least 0').max(PRIORITY_LIMIT, `must be at most ${PRIORITY_LIMIT}`))
+    .default(1),
+  'max-lag': z
+    .union([z.string(), z.number()])
+    .transform((v) => String(v).trim())
+    .pipe(z.string().regex(/^(0|[1-9][0-9]{0,77})$/, 'must be a whole number, at least 0'))
+    .transform((v) => BigInt(v))
+    .optional(),
   'promote-failure': z.enum(['resign', 'ignore'], { error: 'must be resign or ignore' }).default('resign'),
   'admin-token': secret('admin-token').optional(),
   'admin-token-file': text.optional(),
@@ -401,6 +435,12 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
     );
   }
 
+  if (c['max-lag'] !== undefined && c.check === undefined) {
+    throw new ConfigError('max-lag: needs --check, whose output gives the positions the lag is measured in');
+  }
+  const checkInterval = c['check-interval'] ?? lease / 3;
+  const checkTimeout = c['check-timeout'] ?? lease / 3;
+
   const exec: Partial<Record<TransitionEvent, readonly string[]>> = {};
   if (c['on-promote']) exec.promote = c['on-promote'];
   if (c['on-demote']) exec.demote = c['on-demote'];
@@ -437,6 +477,14 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
       url: c['hook-url'] ?? null,
       timeoutSeconds: c['hook-timeout'],
       promoteFailure: c['promote-failure'],
+    },
+    member: {
+      check: c.check ?? null,
+      checkIntervalSeconds: checkInterval,
+      checkTimeoutSeconds: checkTimeout,
+      priority: c.priority,
+      maxLag: c['max-lag'] ?? null,
+      unhealthyAfterSeconds: c['unhealthy-after'] ?? c.ttl,
     },
     adminToken: c['admin-token-file'] !== undefined ? secretFile('admin-token-file', c['admin-token-file']) : (c['admin-token'] ?? null),
     logLevel: c['log-level'],

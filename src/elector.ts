@@ -8,14 +8,21 @@
  * past its deadline cannot answer or act as primary when it resumes: its first look at the
  * clock ends the term.
  *
- * A term that ends for any reason ends the session with it; the next term needs a new session
- * and a new candidacy, hence a strictly larger fencing token.
+ * A term that ends for any reason ends the session with it, or at least the candidacy; the next
+ * term needs a new candidacy, hence a strictly larger fencing token. A candidacy whose term has
+ * ended is *spent*: it is never promoted again, only withdrawn.
+ *
+ * Who may stand at all is the gate's to say (src/member.ts: health, position, priority, a
+ * switchover in flight). The gate is asked again, with fresh facts, when this node's candidacy
+ * comes first, before it is promoted: a member that fails then steps back, and its next
+ * candidacy, if any, has a larger token. Without a gate, every candidate stands and the first one
+ * leads.
  *
  * Role changes are derived, never stored: `reconcile()` computes (role, leader) from the facts
  * above, compares them with what was last published, and announces the differences in a fixed
  * order: demote, then leader-change, then promote.
  */
-import type { Backend, Candidate, Leader, Session, View } from './backend.js';
+import type { Backend, Candidate, ClusterRecords, Leader, Session, View } from './backend.js';
 import { NO_VIEW, SessionLostError, BackendConfigError } from './backend.js';
 import { monotonicMs, withTimeout } from './clock.js';
 import { LeaseDeadline, now, type Instant } from './lease.js';
@@ -43,6 +50,22 @@ export interface Status {
   readonly alive: boolean;
   /** Milliseconds left on the lease deadline (0 without a session). */
   readonly leaseRemainingMs: number;
+  /** In the race: running, and not resigned (in a hold-off). */
+  readonly inRace: boolean;
+}
+
+/** Who may stand for leadership (src/member.ts). */
+export interface Gate {
+  /**
+   * From the latest facts: may this node stand? `leading`: it holds a term now; `leader`: whom
+   * the election names (null while nobody leads, or this node is still to be confirmed).
+   */
+  allows(leading: boolean, leader: Leader | null): boolean;
+  /**
+   * Asked when this node's candidacy comes first, before the term is announced: fresh facts
+   * (the check run now, the records read now), fresh verdict. Never rejects.
+   */
+  confirm(): Promise<boolean>;
 }
 
 export interface Transition {
@@ -60,6 +83,8 @@ export interface ElectorListener {
   change?(status: Status): void;
   backendRequest?(operation: string, seconds: number, failed: boolean): void;
   renewal?(succeeded: boolean): void;
+  /** A new session is open: what was published in the old one is gone. */
+  sessionOpened?(): void;
 }
 
 export interface ElectorOptions {
@@ -76,6 +101,8 @@ export interface ElectorOptions {
   readonly settle: () => Promise<void>;
   /** The backend refused the configuration; leaderd cannot go on. */
   readonly fatal: (error: Error) => void;
+  /** Without one, every candidate stands and the first one leads. */
+  readonly gate?: Gate;
 }
 
 /** stopping: the hooks settle while the session is still renewed; releasing: the session is closed. */
@@ -102,13 +129,23 @@ export class Elector {
   private session: Session | null = null;
   private attempt: Attempt | null = null;
   private lease: LeaseDeadline | null = null;
-  private campaigning = true;
+  /** Not resigned, not stopping: whether this node stands is then the gate's to say. */
+  private inRace = true;
+  /** The session whose candidacy is in the race (as last changed), if any. */
+  private standingIn: Session | null = null;
+  /** Every token of this node's up to here is spent: its term ended, or the gate refused it. */
+  private spentThrough = 0;
+  /** The token the gate confirmed, and the one it is being asked about. */
+  private confirmedToken: number | null = null;
+  private confirming: number | null = null;
+  /** The session whose candidacy was promoted (until withdrawn): its withdrawal waits for the demote hook. */
+  private promotedIn: Session | null = null;
+  private alignment: Promise<void> | null = null;
   private lastTickAt = monotonicMs();
   private lastAnnouncedLeader: Leader | null = null;
   private published: Published = { role: 'unknown', leader: null, connected: false, since: new Date() };
   private readonly listeners: ElectorListener[] = [];
   private resignations = 0;
-  private candidacy: Promise<void> = Promise.resolve();
   private loopTimer: NodeJS.Timeout | undefined;
   private clockCheck: NodeJS.Timeout | undefined;
   private holdOffTimer: NodeJS.Timeout | undefined;
@@ -158,18 +195,12 @@ export class Elector {
   async resign(holdOffMs: number, reason: string): Promise<boolean> {
     if (this.phase !== 'running') return false;
     const resignation = ++this.resignations;
-    this.campaigning = false;
+    this.inRace = false;
     clearTimeout(this.holdOffTimer);
     this.reconcile(reason);
     this.options.log.info({ holdOffSeconds: holdOffMs / 1000, reason }, 'resigned: out of the race');
     await this.options.settle();
-    const session = this.session;
-    if (session) {
-      await this.changeCandidacy('withdraw', session).catch((error: unknown) => {
-        // A candidacy we could not withdraw would go on leading on our renewals: end the session.
-        if (this.session === session) this.dropSession(`withdraw failed: ${errorMessage(error)}`);
-      });
-    }
+    await this.align();
     // The hold-off starts once leadership is released: rejoining before the withdrawal has landed
     // would find the old candidacy still in place and lead again on it.
     if (resignation === this.resignations && this.phase === 'running') {
@@ -181,15 +212,17 @@ export class Elector {
   /** Demotes if primary, releases leadership, ends the session. */
   async stop(): Promise<void> {
     if (this.phase !== 'running') return this.loopDone;
-    const wasPrimary = this.published.role === 'primary';
+    // Leading in the backend, whatever the role says: a primary, or one stepping down (a resign,
+    // a switchover, a failing check) whose demote hook still runs before it withdraws.
+    const holding = this.published.role === 'primary' || this.attempt?.view.isSelf === true;
     this.phase = 'stopping';
-    this.campaigning = false;
+    this.inRace = false;
     clearTimeout(this.holdOffTimer);
     this.reconcile('shutdown');
     // A primary's lease is renewed until the application has acted on the demote: letting it
     // lapse earlier would let a successor be promoted while this node's demote hook still runs.
     // (Hook runs are bounded, see hooks.ts, so this ends.) A replica has nothing to hold.
-    if (wasPrimary) await this.options.settle();
+    if (holding) await this.options.settle();
     this.phase = 'releasing';
     clearInterval(this.clockCheck);
     this.wakeLoop();
@@ -208,28 +241,126 @@ export class Elector {
     this.reconcile('stopped');
   }
 
+  /**
+   * The gate's facts changed (src/member.ts): takes them into account now. Resolves once the
+   * candidacy is in line with them (withdrawn after the demote hook, or standing).
+   */
+  reevaluate(reason: string): Promise<void> {
+    this.reconcile(reason);
+    return this.align();
+  }
+
+  /** Writes this node's member record in the current session (see Session.publishMember). */
+  publishMember(record: string): Promise<void> {
+    return this.withSession('publish member', (session) => session.publishMember(record));
+  }
+
+  publishLeaderPosition(record: string): Promise<void> {
+    return this.withSession('publish position', (session) => session.publishLeaderPosition(record));
+  }
+
+  readCluster(): Promise<ClusterRecords> {
+    return this.withSession('read cluster', (session) => session.readCluster());
+  }
+
+  private withSession<T>(operation: string, call: (session: Session) => Promise<T>): Promise<T> {
+    const session = this.session;
+    if (!session) return Promise.reject(new Error('no session with the backend'));
+    return this.request(operation, () => call(session));
+  }
+
   private rejoin(): void {
     if (this.phase !== 'running') return;
     this.options.log.info('back in the race');
-    this.campaigning = true;
-    if (this.session) void this.campaign(this.session);
+    this.inRace = true;
+    void this.reevaluate('back in the race');
   }
 
-  /** Joins the race; a session that cannot campaign is dropped, and the next one campaigns. */
-  private campaign(session: Session): Promise<void> {
-    return this.changeCandidacy('campaign', session).catch((error: unknown) => {
-      if (this.session === session) this.dropSession(`campaign failed: ${errorMessage(error)}`);
-    });
+  /** Whether this node stands for leadership now: in the race, and let by the gate. */
+  private get campaigning(): boolean {
+    const { gate } = this.options;
+    if (!this.inRace || this.phase !== 'running') return false;
+    return gate ? gate.allows(this.published.role === 'primary', this.published.leader) : true;
+  }
+
+  /** This session's candidacy leads, and its term is spent. */
+  private spent(): boolean {
+    const view = this.attempt?.view;
+    return view?.isSelf === true && view.leader !== null && view.leader.fencingToken <= this.spentThrough;
   }
 
   /**
-   * Campaigns and withdrawals run one at a time and in the order asked, so a withdrawal never
-   * overtakes the campaign it undoes: no adapter has to cope with the two interleaving.
+   * Brings the session's candidacy in line with `campaigning`. Campaigns and withdrawals run one
+   * at a time, so a withdrawal never overtakes the campaign it undoes: no adapter has to cope
+   * with the two interleaving. A candidacy is withdrawn only once the application has acted on
+   * the demote, so it has stepped down before a peer can be promoted. A session whose candidacy
+   * cannot be changed is dropped (one we could not withdraw would go on leading on our renewals),
+   * and the next one starts afresh.
    */
-  private changeCandidacy(change: 'campaign' | 'withdraw', session: Session): Promise<void> {
-    const next = this.candidacy.then(() => this.request(change, () => session[change]()));
-    this.candidacy = next.catch(() => undefined);
-    return next;
+  private align(): Promise<void> {
+    this.alignment ??= this.alignLoop().finally(() => {
+      this.alignment = null;
+    });
+    return this.alignment;
+  }
+
+  private async alignLoop(): Promise<void> {
+    for (;;) {
+      const session = this.session;
+      if (!session) return;
+      const standing = this.standingIn === session;
+      let change: 'campaign' | 'withdraw';
+      if (standing && (!this.campaigning || this.spent())) {
+        // A promoted candidacy is let go only once the demote hook has finished; one that was
+        // never promoted (a step-back) has nothing to wait for.
+        if (this.promotedIn === session) await this.options.settle();
+        if (this.session !== session || (this.campaigning && !this.spent())) continue;
+        change = 'withdraw';
+      } else if (!standing && this.campaigning) {
+        change = 'campaign';
+      } else {
+        return;
+      }
+      try {
+        await this.request(change, () => session[change]());
+      } catch (error) {
+        if (this.session === session) this.dropSession(`${change} failed: ${errorMessage(error)}`);
+        return;
+      }
+      if (this.session !== session) continue;
+      this.standingIn = change === 'campaign' ? session : null;
+      if (change === 'withdraw') this.promotedIn = null;
+      this.reconcile(change === 'campaign' ? 'campaigned' : 'withdrew');
+      // A fresh candidacy is not checked for being spent before a view of it has come in.
+      if (change === 'campaign') return;
+    }
+  }
+
+  /** Asks the gate about the term `token` before it is announced. */
+  private confirm(token: number): void {
+    const gate = this.options.gate;
+    if (this.confirming === token) return;
+    if (!gate) {
+      this.confirmedToken = token;
+      return;
+    }
+    this.confirming = token;
+    // Asked from the next tick: the gate reads the status, and reconcile() is not re-entrant.
+    void Promise.resolve()
+      .then(() => gate.confirm())
+      .catch(() => false)
+      .then((ok) => {
+        if (this.confirming !== token) return;
+        this.confirming = null;
+        if (ok) this.confirmedToken = token;
+        else {
+          // It steps back: this candidacy is withdrawn, and a new one, if the gate lets it, goes
+          // behind the others.
+          this.spentThrough = Math.max(this.spentThrough, token);
+          this.options.log.info({ fencingToken: token }, 'first in line, but not the member that should lead: stepping back');
+        }
+        void this.reevaluate(ok ? 'confirmed' : 'stepped back');
+      });
   }
 
   // The election loop: one step at a time, either opening a session or renewing it.
@@ -312,7 +443,10 @@ export class Elector {
     this.lease = new LeaseDeadline(timing.renewDeadlineMs, sentAt);
     this.armDeadlineTimer();
     log.info('session opened');
-    if (this.campaigning) await this.campaign(session);
+    this.emit((l) => l.sessionOpened?.());
+    // Not awaited: a withdrawal queued before may wait for a slow demote hook, and this loop
+    // must go on renewing meanwhile.
+    void this.align();
     this.reconcile('session opened');
     return this.session ? this.untilNextRenewal(sentAt) : this.retryDelayMs;
   }
@@ -393,6 +527,8 @@ export class Elector {
     this.session = null;
     this.attempt = null;
     this.lease = null;
+    this.standingIn = null;
+    this.promotedIn = null;
     clearTimeout(this.deadlineTimer);
     this.options.log.warn({ reason, ...(lateMs != null ? { lateMs: Math.round(lateMs) } : {}) }, 'session ended');
     this.reconcile(reason);
@@ -413,9 +549,21 @@ export class Elector {
     }
     const view = this.attempt?.view ?? NO_VIEW;
     const connected = this.session !== null && this.phase === 'running';
-    const role: Role = !connected ? 'unknown' : view.isSelf && this.campaigning ? 'primary' : 'replica';
-    const leader = connected ? view.leader : null;
+    const campaigning = this.campaigning;
+    let role: Role = connected ? 'replica' : 'unknown';
+    let leader = connected ? view.leader : null;
+    if (connected && view.isSelf && view.leader) {
+      const token = view.leader.fencingToken;
+      if (campaigning && token > this.spentThrough) {
+        if (this.confirmedToken !== token) this.confirm(token);
+        if (this.confirmedToken === token) role = 'primary';
+      }
+      // This node's own candidacy, not (or no longer) promoted, leads nothing: it must not tell
+      // the application to follow itself.
+      if (role !== 'primary') leader = null;
+    }
     this.publish(role, leader, connected, reason);
+    if (this.session && (this.standingIn === this.session ? !campaigning || this.spent() : campaigning)) void this.align();
   }
 
   private publish(role: Role, leader: Leader | null, connected: boolean, reason: string): void {
@@ -435,6 +583,11 @@ export class Elector {
     }
     if (role === 'primary' && (before.role !== 'primary' || termChanged)) {
       transitions.push({ event: 'promote', role, leader, reason });
+      this.promotedIn = this.session;
+    }
+    // A term ends once: whatever becomes of its candidacy, it is never promoted again.
+    if (before.role === 'primary' && before.leader && (role !== 'primary' || termChanged)) {
+      this.spentThrough = Math.max(this.spentThrough, before.leader.fencingToken);
     }
 
     const status = this.statusSnapshot();
@@ -456,6 +609,7 @@ export class Elector {
       connected: this.published.connected,
       alive: this.phase === 'running' && monotonicMs() - this.lastTickAt < this.options.timing.ttlMs,
       leaseRemainingMs: this.lease?.remainingMs() ?? 0,
+      inRace: this.inRace && this.phase === 'running',
     };
   }
 

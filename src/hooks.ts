@@ -13,12 +13,10 @@
  * stops at its first failed target: the rest of the application must not act on a promotion that
  * did not happen.
  */
-import { spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import type { Transition, TransitionEvent } from './elector.js';
 import { errorMessage } from './elector.js';
 import type { Logger } from './log.js';
-import { stopGroup, type GroupStop } from './process-group.js';
+import { inheritedEnvironment, runCommand } from './command.js';
 
 /** What a hook is told, as environment variables (exec) or as a JSON body (HTTP). */
 export interface HookFacts {
@@ -51,8 +49,6 @@ export interface HookOptions {
 
 /** Grace between SIGTERM and SIGKILL for an exec hook that overran. */
 const KILL_GRACE_MS = 5000;
-/** How long output is still read after a hook exited, from pipes something else holds open. */
-const OUTPUT_DRAIN_MS = 200;
 
 type HookTarget = 'command' | 'url';
 
@@ -142,73 +138,15 @@ export class HookRunner {
   }
 
   private runExec(argv: readonly string[], facts: HookFacts, cancel: AbortSignal): Promise<void> {
-    const [command, ...args] = argv as [string, ...string[]];
-    const log = this.options.log.child({ hook: facts.event, command });
-    return new Promise((resolve, reject) => {
-      const child = spawn(command, args, {
-        env: { ...inheritedEnvironment(), ...hookEnvironment(facts) },
-        stdio: ['ignore', 'pipe', 'pipe'],
-        // Its own process group, so a timeout stops everything the hook started.
-        detached: true,
-      });
-      for (const stream of ['stdout', 'stderr'] as const) {
-        createInterface({ input: child[stream] }).on('line', (line) => log.info({ stream, line }, 'hook output'));
-      }
-      let stopReason: string | null = null;
-      // A stopped hook is over only once its whole group is: something it started may ignore
-      // SIGTERM and outlive it, and must not survive into the next term or past leaderd.
-      let stopping: GroupStop | null = null;
-      const stop = (why: string, graceMs: number) => {
-        if (stopping) {
-          // Already stopping on a timeout, now cancelled too: no more grace.
-          if (graceMs === 0) stopping.killNow();
-          return;
-        }
-        stopReason = why;
-        if (child.pid === undefined) return;
-        stopping = stopGroup(child.pid, graceMs);
-        // Over once the group is, even if the hook's own exit is never reported (stopGroup).
-        void stopping.done.then(() => finish(stopReason));
-      };
-      const timeout = setTimeout(
-        () => stop(`timed out after ${this.options.timeoutMs / 1000} s`, Math.min(KILL_GRACE_MS, this.options.timeoutMs)),
-        this.options.timeoutMs,
-      );
-      // Cancelled: a promote whose term has ended. It must not go on acting, and the demote waiting
-      // behind it must start now, not after a grace period: killed at once.
-      const onCancel = () => stop('cancelled', 0);
-      cancel.addEventListener('abort', onCancel, { once: true });
-      child.once('error', (error) => finish(`cannot run ${command}: ${error.message}`));
-      // The hook is done when its process exits. Its output pipes may stay open for longer, held by
-      // something it started in the background: read what is left for a moment, then let go. A hook
-      // that exited by itself is not stopped any more: what it left running in the background (a
-      // daemon it started, say) is the application's.
-      child.once('exit', (code, signal) => {
-        clearTimeout(timeout);
-        cancel.removeEventListener('abort', onCancel);
-        const outcome = stopReason ?? (code === 0 ? null : signal ? `killed by ${signal}` : `exited with status ${code}`);
-        const output = new Promise<void>((done) => {
-          const drained = setTimeout(() => {
-            child.stdout?.destroy();
-            child.stderr?.destroy();
-            done();
-          }, OUTPUT_DRAIN_MS);
-          child.once('close', () => {
-            clearTimeout(drained);
-            done();
-          });
-        });
-        void Promise.all([output, stopping?.done]).then(() => finish(outcome));
-      });
-      let finished = false;
-      function finish(failure: string | null): void {
-        if (finished) return;
-        finished = true;
-        clearTimeout(timeout);
-        cancel.removeEventListener('abort', onCancel);
-        if (failure === null) resolve();
-        else reject(new Error(failure));
-      }
+    const log = this.options.log.child({ hook: facts.event, command: argv[0] });
+    return runCommand(argv, {
+      env: { ...inheritedEnvironment(), ...hookEnvironment(facts) },
+      timeoutMs: this.options.timeoutMs,
+      killGraceMs: KILL_GRACE_MS,
+      // Cancelled: a promote whose term has ended. It must not go on acting, and the demote
+      // waiting behind it must start now, not after a grace period: killed at once.
+      cancel,
+      line: (stream, line) => log.info({ stream, line }, 'hook output'),
     });
   }
 
@@ -301,15 +239,6 @@ export function hookEnvironment(facts: HookFacts): Record<string, string> {
     LEADERD_LEADER_ADDRESS: facts.leader?.address ?? '',
     LEADERD_FENCING_TOKEN: facts.fencingToken === null ? '' : String(facts.fencingToken),
   };
-}
-
-/**
- * leaderd's environment without its own settings (LEADERD_*): some are secrets (the admin token,
- * the Consul token, ZooKeeper credentials, a hook URL's credentials), and a hook that prints its
- * environment would put them in the log. A hook's LEADERD_* variables are the facts it is told.
- */
-function inheritedEnvironment(): NodeJS.ProcessEnv {
-  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('LEADERD_')));
 }
 
 /** A URL without credentials or query, for logs. */

@@ -18,7 +18,9 @@ import { z } from 'zod';
 import type { Elector, Status } from './elector.js';
 import { errorMessage } from './elector.js';
 import type { Logger } from './log.js';
+import type { Member } from './member.js';
 import type { Metrics } from './metrics.js';
+import { positionJson } from './cluster.js';
 
 export interface HttpOptions {
   readonly election: string;
@@ -26,6 +28,7 @@ export interface HttpOptions {
   readonly ttlSeconds: number;
   readonly backend: string;
   readonly elector: Elector;
+  readonly member: Member;
   readonly metrics: Metrics;
   /** null: admin endpoints answer 403. */
   readonly adminToken: string | null;
@@ -36,6 +39,11 @@ const resignBody = z
   .object({ holdOffSeconds: z.number().min(0).max(86400).optional() })
   .strict();
 
+const switchoverBody = z.object({ candidate: z.string().min(1).max(253).optional() }).strict();
+
+/** `lag` of /replica?lag=N: the same units as the check's positions. */
+const LAG = /^(0|[1-9][0-9]{0,77})$/;
+
 /** SSE keep-alive, so proxies and clients see a live stream. */
 const WATCH_KEEPALIVE_MS = 15000;
 
@@ -44,15 +52,16 @@ interface Answer {
   readonly body: unknown;
 }
 
-type RoleAnswers = ReadonlyMap<string, (status: Status) => Answer>;
+type RoleAnswer = (status: Status, query: string) => Answer;
+type RoleAnswers = ReadonlyMap<string, RoleAnswer>;
 
 /** GET and HEAD answers about the role, by path. */
 function roleAnswers(options: HttpOptions): RoleAnswers {
   const body = (status: Status) => roleBody(options, status);
-  return new Map<string, (status: Status) => Answer>([
+  return new Map<string, RoleAnswer>([
     ['/role', (status) => ({ status: 200, body: body(status) })],
     ['/primary', (status) => ({ status: status.role === 'primary' ? 200 : 503, body: body(status) })],
-    ['/replica', (status) => ({ status: status.role === 'replica' && status.leader !== null ? 200 : 503, body: body(status) })],
+    ['/replica', (status, query) => replicaAnswer(options, status, query)],
     ['/healthz', (status) => ({ status: status.alive ? 200 : 503, body: { alive: status.alive } })],
     ['/', (status) => ({ status: 200, body: { name: status.leader?.id ?? '' } })],
   ]);
@@ -66,7 +75,7 @@ export function createHttpServer(options: HttpOptions): Server {
     const answer = req.method === 'GET' || req.method === 'HEAD' ? answers.get(pathOf(req)) : undefined;
     if (answer) {
       try {
-        return send(res, answer(options.elector.status()));
+        return send(res, answer(options.elector.status(), queryOf(req)));
       } catch {
         // Nothing is sent before the answer is whole: express asks again, and answers a failure
         // as it answers any other (500, logged).
@@ -85,7 +94,10 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
   const body = (status: Status) => roleBody(options, status);
   const route = (path: string, methods: string[]) => app.all(path, methodNotAllowed(methods));
 
-  for (const [path, answer] of answers) app.get(path, (_req, res) => send(res, answer(elector.status())));
+  for (const [path, answer] of answers) app.get(path, (req, res) => send(res, answer(elector.status(), queryOf(req))));
+  app.get('/cluster', (_req, res) => {
+    res.json(options.member.cluster());
+  });
   app.get('/metrics', async (_req, res) => {
     res.type(options.metrics.registry.contentType).send(await options.metrics.registry.metrics());
   });
@@ -126,7 +138,19 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
   route('/', ['GET', 'HEAD']);
   route('/metrics', ['GET', 'HEAD']);
   route('/watch', ['GET']);
+  app.post('/switchover', requireAdmin(options.adminToken), express.json({ limit: '4kb' }), async (req, res) => {
+    const parsed = switchoverBody.safeParse(req.body ?? {});
+    if (!parsed.success) {
+      res.status(400).json({ error: `invalid body: ${parsed.error.issues.map(describeIssue).join('; ')}` });
+      return;
+    }
+    const answer = await options.member.switchover(parsed.data.candidate);
+    res.status(answer.status).json(answer.body);
+  });
+
   route('/resign', ['POST']);
+  route('/switchover', ['POST']);
+  route('/cluster', ['GET', 'HEAD']);
   app.use((req, res) => {
     res.status(404).json({ error: `no such endpoint: ${req.path}` });
   });
@@ -140,7 +164,23 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
   return app;
 }
 
+/**
+ * GET /replica: 200 while this node follows a leader; with ?lag=N, only while it is also at most N
+ * behind the last leader's published position (Patroni's /replica?lag=). An unknown lag is not
+ * within any N.
+ */
+function replicaAnswer(options: HttpOptions, status: Status, query: string): Answer {
+  const following = status.role === 'replica' && status.leader !== null;
+  const wanted = new URLSearchParams(query).get('lag');
+  if (wanted === null) return { status: following ? 200 : 503, body: roleBody(options, status) };
+  if (!LAG.test(wanted)) return { status: 400, body: { error: 'lag: must be a whole number, at least 0' } };
+  const { lag } = options.member.state();
+  const within = lag !== null && lag <= BigInt(wanted);
+  return { status: following && within ? 200 : 503, body: roleBody(options, status) };
+}
+
 export function roleBody(options: HttpOptions, status: Status) {
+  const member = options.member.state();
   return {
     election: options.election,
     id: options.id,
@@ -150,6 +190,11 @@ export function roleBody(options: HttpOptions, status: Status) {
     since: status.since.toISOString(),
     ttlSeconds: options.ttlSeconds,
     backend: { kind: options.backend, connected: status.connected },
+    healthy: member.healthy,
+    eligible: member.eligible,
+    priority: member.priority,
+    position: positionJson(member.position),
+    lag: positionJson(member.lag),
   };
 }
 
@@ -158,6 +203,13 @@ function send(res: ServerResponse, { status, body }: Answer): void {
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
   res.end(text);
+}
+
+/** The request's query string, without the "?". */
+function queryOf(req: IncomingMessage): string {
+  const url = req.url ?? '';
+  const query = url.indexOf('?');
+  return query === -1 ? '' : url.slice(query + 1);
 }
 
 /** The request's path, without its query string. */

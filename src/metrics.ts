@@ -5,8 +5,10 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { ElectorListener, Role, Status, Transition } from './elector.js';
 import type { HookListener } from './hooks.js';
+import type { MemberListener, MemberState, SwitchoverResult } from './member.js';
 
 const ROLES: readonly Role[] = ['primary', 'replica', 'unknown'];
+const SWITCHOVER_RESULTS: readonly SwitchoverResult[] = ['completed', 'refused', 'timeout', 'failed'];
 /** How often the event loop's lag is sampled for `nodejs_eventloop_lag_*`. */
 const EVENT_LOOP_SAMPLE_MS = 100;
 
@@ -16,9 +18,11 @@ export interface MetricsOptions {
   readonly backend: string;
   readonly version: string;
   readonly status: () => Status;
+  /** Read at scrape time, like `status`; set once the member exists. */
+  member?: () => MemberState;
 }
 
-export class Metrics implements ElectorListener, HookListener {
+export class Metrics implements ElectorListener, HookListener, MemberListener {
   readonly registry = new Registry();
   private readonly transitions: Counter<'direction'>;
   private readonly lastTransition: Gauge;
@@ -28,6 +32,9 @@ export class Metrics implements ElectorListener, HookListener {
   private readonly hookRuns: Counter<'event'>;
   private readonly hookFailures: Counter<'event'>;
   private readonly hookDuration: Histogram<'event'>;
+  private readonly checkRuns: Counter;
+  private readonly checkFailures: Counter;
+  private readonly switchovers: Counter<'result'>;
 
   constructor(options: MetricsOptions) {
     const registers = [this.registry];
@@ -136,6 +143,53 @@ export class Metrics implements ElectorListener, HookListener {
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
       registers,
     });
+    const member = () => options.member?.();
+    new Gauge({
+      name: 'leaderd_member_position',
+      help: "This member's position as its check last reported it (absent while unknown).",
+      registers,
+      collect() {
+        this.reset();
+        const position = member()?.position;
+        if (position != null) this.set(Number(position));
+      },
+    });
+    new Gauge({
+      name: 'leaderd_member_lag',
+      help: "How far this member's position is behind the last leader's published one (absent while unknown).",
+      registers,
+      collect() {
+        this.reset();
+        const lag = member()?.lag;
+        if (lag != null) this.set(Number(lag));
+      },
+    });
+    new Gauge({
+      name: 'leaderd_member_healthy',
+      help: '1 while the check passes.',
+      registers,
+      collect() {
+        this.set(member()?.healthy ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'leaderd_member_eligible',
+      help: '1 while this member could take leadership by its own facts: healthy, eligible by its check, priority above 0.',
+      registers,
+      collect() {
+        const m = member();
+        this.set(m && m.healthy && m.eligible && m.priority > 0 ? 1 : 0);
+      },
+    });
+    this.checkRuns = new Counter({ name: 'leaderd_check_runs_total', help: 'Check runs.', registers });
+    this.checkFailures = new Counter({ name: 'leaderd_check_failures_total', help: 'Check runs that said unhealthy (failed, timed out, or bad output).', registers });
+    this.switchovers = new Counter({
+      name: 'leaderd_switchovers_total',
+      help: 'Switchovers asked of this node, by result (completed, refused, timeout, failed).',
+      labelNames: ['result'],
+      registers,
+    });
+    for (const result of SWITCHOVER_RESULTS) this.switchovers.inc({ result }, 0);
     for (const direction of ['promote', 'demote']) this.transitions.inc({ direction }, 0);
     for (const result of ['success', 'failure']) this.renewals.inc({ result }, 0);
   }
@@ -153,6 +207,15 @@ export class Metrics implements ElectorListener, HookListener {
 
   renewal(succeeded: boolean): void {
     this.renewals.inc({ result: succeeded ? 'success' : 'failure' });
+  }
+
+  checkRun(healthy: boolean): void {
+    this.checkRuns.inc();
+    if (!healthy) this.checkFailures.inc();
+  }
+
+  switchover(result: SwitchoverResult): void {
+    this.switchovers.inc({ result });
   }
 
   hookRun(event: string, seconds: number, failed: boolean): void {

@@ -28,6 +28,23 @@ describe('configuration', () => {
     expect(c.hooks).toMatchObject({ timeoutSeconds: 30, promoteFailure: 'resign', url: null, exec: {} });
   });
 
+  it('reads the failover settings: check, its interval and timeout, priority, max-lag (beyond 2^53 too)', () => {
+    const defaults = config(['--ttl', '6']);
+    expect(defaults.member).toEqual({ check: null, checkIntervalSeconds: 2, checkTimeoutSeconds: 2, priority: 1, maxLag: null, unhealthyAfterSeconds: 6 });
+    const c = config(['--check', '/usr/bin/pg-check --port 5432', '--check-interval', '5', '--priority', '0', '--max-lag', '98765432109876543210', '--unhealthy-after', '30']);
+    expect(c.member).toEqual({
+      check: ['/usr/bin/pg-check', '--port', '5432'],
+      checkIntervalSeconds: 5,
+      checkTimeoutSeconds: 10 / 3,
+      priority: 0,
+      maxLag: 98765432109876543210n,
+      unhealthyAfterSeconds: 30,
+    });
+    expect(config(['--check', 'c', '--check-timeout', '0.5']).member.checkTimeoutSeconds).toBe(0.5);
+    expect(config([], { LEADERD_CHECK: 'c', LEADERD_MAX_LAG: '7' }).member.maxLag).toBe(7n);
+    expect(config(['--config', yamlFile('check: [c, "--x"]\nmax-lag: 16\npriority: 3\n')]).member).toMatchObject({ check: ['c', '--x'], maxLag: 16n, priority: 3 });
+  });
+
   it('takes flags over environment over file over defaults', () => {
     const file = yamlFile('ttl: 20\nelection: from-file\nid: file-id\naddress: file:1\n');
     const env = { LEADERD_TTL: '15', LEADERD_ELECTION: 'from-env', LEADERD_CONFIG: file };
@@ -104,7 +121,7 @@ describe('configuration', () => {
     ['a flag without its value', ['--ttl'], {}, /^flag --ttl needs a value$/],
     ['a bad listen address', ['--http', 'localhost'], {}, /^http: must be HOST:PORT/],
     ['a bad endpoint', ['--backend', 'etcd', '--etcd-endpoints', 'ftp://x'], {}, /^etcd-endpoints: must be a URL/],
-    ['a hook that needs a shell', ['--on-promote', 'promote | tee log'], {}, /^on-promote: hooks run without a shell/],
+    ['a hook that needs a shell', ['--on-promote', 'promote | tee log'], {}, /^on-promote: commands run without a shell/],
     ['a bad election name', ['--election', '../etc'], {}, /^election: must be 1-128 letters/],
     ['a bad promote-failure action', ['--promote-failure', 'panic'], {}, /^promote-failure: must be resign or ignore$/],
     ['a bad value from the environment', [], { LEADERD_HOOK_TIMEOUT: '-1' }, /^hook-timeout: must be at least/],
@@ -123,6 +140,15 @@ describe('configuration', () => {
     ['a short admin token from a flag', ['--admin-token', 'x'], {}, /^admin-token: must be at least 8 characters without spaces$/],
     ['a short admin token from the environment', [], { LEADERD_ADMIN_TOKEN: 'x' }, /^admin-token: must be at least 8 characters without spaces$/],
     ['an empty admin token', ['--admin-token', ''], {}, /^admin-token: must be at least 8 characters without spaces$/],
+    ['a check that needs a shell', ['--check', 'pg_isready && echo ok'], {}, /^check: commands run without a shell/],
+    ['a negative priority', ['--priority=-1'], {}, /^priority: must be at least 0$/],
+    ['a value that looks like a flag', ['--priority', '-1'], {}, /^flag --priority: a value that starts with "-" must be written --priority=VALUE$/],
+    ['a fractional priority', ['--priority', '1.5'], {}, /^priority: must be a whole number$/],
+    ['a priority that is not a number', ['--priority', 'high'], {}, /^priority: must be a whole number$/],
+    ['a negative max-lag', ['--check', 'true', '--max-lag=-5'], {}, /^max-lag: must be a whole number, at least 0$/],
+    ['a max-lag in other units', ['--check', 'true', '--max-lag', '16MB'], {}, /^max-lag: must be a whole number, at least 0$/],
+    ['a max-lag without a check to measure it', ['--max-lag', '100'], {}, /^max-lag: needs --check/],
+    ['a check interval of zero', ['--check', 'true', '--check-interval', '0'], {}, /^check-interval: must be at least 0.01$/],
     ['a missing config file', ['--config', '/nonexistent.yaml'], {}, /^config: cannot read \/nonexistent.yaml: ENOENT$/],
   ];
   for (const [what, argv, env, message] of refused) {

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
 import { afterEach, describe, expect, it } from 'vitest';
+import { failover } from './failover.js';
 import { startHookServer } from './fixtures/hook-server.js';
 import { Sidecar, type RoleBody } from './harness/sidecar.js';
 
@@ -98,6 +99,8 @@ export function conformance(fixture: BackendFixture): void {
       ),
     );
   }
+
+  failover(fixture);
 
   describe(`${fixture.name}: conformance`, () => {
     afterEach(() => Sidecar.killAll());

@@ -1,5 +1,9 @@
 import { writeFileSync } from 'node:fs';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ConsulBackend } from '../adapters/consul.js';
+import { MAX_RECORD_BYTES, type Session, type View } from '../src/backend.js';
+import { until } from './chaos/world.js';
 import { conformance, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
 import { ConsulAgent, ConsulCluster } from './harness/consul.js';
 import { violations, type HookRecord } from './overlap.js';
@@ -19,7 +23,7 @@ const argsFor = (httpAddr: () => string) => (election: string) => [
 const args = argsFor(() => agent.httpAddr);
 
 /** A call to the agent's HTTP API, as an operator or another program would make it. */
-async function consulApi<T = unknown>(method: 'GET' | 'PUT', path: string, body?: string): Promise<T> {
+async function consulApi<T = unknown>(method: 'GET' | 'PUT' | 'DELETE', path: string, body?: string): Promise<T> {
   const response = await fetch(`${agent.httpAddr}${path}`, { method, ...(body === undefined ? {} : { body }) });
   if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
   return (await response.json()) as T;
@@ -176,5 +180,208 @@ describe('consul: backend specifics', () => {
     const after = await settled([other, resigned], 15000);
     expect(after.primary).toBe(other);
     expect(after.state.fencingToken!).toBeGreaterThan(before.fencingToken!);
+  });
+});
+
+describe('consul: member records', () => {
+  const records = (election: string) => `leaderd/.cluster/${election}/`;
+  const open: Member[] = [];
+
+  /** A session opened in this process, as the core would hold it: what it saw and logged. */
+  interface Member {
+    session: Session;
+    views: View[];
+    warnings: Array<{ msg: string; key?: string }>;
+    /** Stops passing its check and renewing it, as a member killed with -9 would. */
+    stopRenewing(): void;
+  }
+
+  async function member(election: string, id: string): Promise<Member> {
+    const backend = new ConsulBackend({
+      address: agent.httpAddr,
+      token: null,
+      keyPrefix: 'leaderd',
+      datacenter: null,
+      sessionTtlSeconds: ttlSeconds,
+      checkTtlSeconds,
+      lockDelaySeconds: checkTtlSeconds,
+    });
+    const views: View[] = [];
+    const warnings: Member['warnings'] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line) as Member['warnings'][number]) });
+    const session = await backend.open({
+      election,
+      candidate: { id, address: id },
+      ttlSeconds: checkTtlSeconds,
+      requestTimeoutMs: 2000,
+      events: { view: (v) => void views.push(v), lost: () => undefined },
+      log,
+      measure: (_, request) => request(),
+    });
+    // Renewed as the core renews it, well inside the check TTL, until told to stop.
+    let renewing = true;
+    void (async () => {
+      while (renewing) {
+        await session.renew().catch(() => undefined);
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    })();
+    const m: Member = { session, views, warnings, stopRenewing: () => void (renewing = false) };
+    open.push(m);
+    return m;
+  }
+
+  const members = async (m: Member) => [...(await m.session.readCluster()).members].sort();
+  const leaderOf = (m: Member) => m.views.at(-1)?.leader?.id;
+  /** The keys under a prefix, as Consul holds them. */
+  const keysUnder = async (prefix: string) => {
+    const response = await fetch(`${agent.httpAddr}/v1/kv/${prefix}?keys`);
+    if (response.status === 404) return [];
+    expect(response.status).toBe(200);
+    return ((await response.json()) as string[]).sort();
+  };
+  const holderOf = async (key: string) => (await consulApi<Array<{ Session?: string }>>('GET', `/v1/kv/${key}`))[0]!.Session;
+  const sessionOf = async (election: string, id: string) =>
+    (await consulApi<Array<{ ID: string; Name: string }>>('GET', '/v1/session/list')).find((s) => s.Name === `leaderd ${election} ${id}`)!.ID;
+
+  afterEach(async () => {
+    for (const m of open.splice(0)) {
+      m.stopRenewing();
+      await m.session.close().catch(() => undefined);
+    }
+  });
+
+  it('each session reads every live record, its own included, and a new publish replaces its record', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    await a.session.publishMember('record of a');
+    await b.session.publishMember('record of b');
+    for (const m of [a, b]) expect(await m.session.readCluster()).toEqual({ members: expect.any(Array), leaderPosition: null });
+    for (const m of [a, b]) expect(await members(m)).toEqual(['record of a', 'record of b']);
+
+    await a.session.publishMember('record of a, again');
+    for (const m of [a, b]) expect(await members(m)).toEqual(['record of a, again', 'record of b']);
+    // One key per session, named by the session and held by it.
+    const keys = await keysUnder(`${records(election)}members/`);
+    expect(keys).toEqual([`${records(election)}members/${await sessionOf(election, 'a')}`, `${records(election)}members/${await sessionOf(election, 'b')}`].sort());
+    for (const key of keys) expect(await holderOf(key)).toBe(key.split('/').at(-1));
+  });
+
+  it('close() removes the session\'s record at once', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    await a.session.publishMember('record of a');
+    await b.session.publishMember('record of b');
+    expect(await members(a)).toEqual(['record of a', 'record of b']);
+    const bKey = `${records(election)}members/${await sessionOf(election, 'b')}`;
+    await b.session.close();
+    // Deleted by close() itself, not left for a reader to sweep (no read has happened since).
+    expect(await keysUnder(`${records(election)}members/`)).not.toContain(bKey);
+    expect(await members(a)).toEqual(['record of a']);
+  });
+
+  it('a session that stops renewing (killed) loses its record when Consul invalidates it, and the leftover key is deleted', async () => {
+    const election = newElection();
+    const [a, killed] = await Promise.all([member(election, 'a'), member(election, 'killed')]);
+    await a.session.publishMember('record of a');
+    await killed.session.publishMember('record of the killed one');
+    expect(await members(a)).toEqual(['record of a', 'record of the killed one']);
+    const key = `${records(election)}members/${await sessionOf(election, 'killed')}`;
+
+    killed.stopRenewing();
+    // Consul releases, not deletes, what an invalidated session held: the key stays, unheld...
+    expect(await until(async () => (await holderOf(key)) === undefined, (ttlSeconds * 2 + 10) * 1000)).toBe(true);
+    // ...and is no record from the first read on, which also sweeps it away.
+    expect(await members(a)).toEqual(['record of a']);
+    expect(await until(async () => !(await keysUnder(`${records(election)}members/`)).includes(key), 10000)).toBe(true);
+    // A dead session cannot bring its record back.
+    await expect(killed.session.publishMember('too late')).rejects.toThrow();
+    expect(await members(a)).toEqual(['record of a']);
+  }, 60000);
+
+  it('the leader position is null until written, outlives the session that wrote it, and the next writer replaces it', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    expect((await a.session.readCluster()).leaderPosition).toBeNull();
+    await a.session.publishLeaderPosition('position 1');
+    expect((await b.session.readCluster()).leaderPosition).toBe('position 1');
+    await a.session.close();
+    expect(await b.session.readCluster()).toEqual({ members: [], leaderPosition: 'position 1' });
+    await b.session.publishLeaderPosition('position 2');
+    const c = await member(election, 'c');
+    expect((await c.session.readCluster()).leaderPosition).toBe('position 2');
+  });
+
+  it('foreign keys among the records (not records, too large) are skipped with one warning each; leftovers are deleted; the election goes on', async () => {
+    const election = newElection();
+    const dir = records(election);
+    const { ID: foreign } = await consulApi<{ ID: string }>('PUT', '/v1/session/create', JSON.stringify({ Name: 'not leaderd' }));
+    try {
+      // 'é' is two bytes: too large in bytes, though not in characters.
+      const oversize = 'é'.repeat(MAX_RECORD_BYTES / 2 + 1);
+      const odd = {
+        [`${dir}members/${foreign}`]: { value: oversize, held: true },
+        [`${dir}members/${foreign}/nested`]: { value: 'nested', held: true },
+        [`${dir}members/someone-else`]: { value: 'held by a session it does not name', held: true },
+        [`${dir}members/dir/`]: { value: '', held: false },
+        [`${dir}leader-position`]: { value: oversize, held: false },
+        [`${dir}junk`]: { value: 'junk', held: false },
+      };
+      for (const [key, { value, held }] of Object.entries(odd)) {
+        expect(await consulApi('PUT', `/v1/kv/${key}${held ? `?acquire=${foreign}` : ''}`, value)).toBe(true);
+      }
+      // A member key whose session is gone: a leftover, not a record.
+      const leftover = `${dir}members/0f0f0f0f-dead-dead-dead-0f0f0f0f0f0f`;
+      expect(await consulApi('PUT', `/v1/kv/${leftover}`, 'record of a dead member')).toBe(true);
+
+      const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+      const largest = 'x'.repeat(MAX_RECORD_BYTES);
+      await a.session.publishMember(largest);
+      await b.session.publishMember('record of b');
+      // Read twice by each: still one warning per key.
+      for (const m of [a, b, a, b]) {
+        const read = await m.session.readCluster();
+        expect({ ...read, members: [...read.members].sort() }).toEqual({ members: ['record of b', largest], leaderPosition: null });
+      }
+      expect(await until(async () => !(await keysUnder(dir)).includes(leftover), 10000)).toBe(true);
+      for (const m of [a, b]) {
+        const skipped = m.warnings.filter((w) => w.msg === 'skipping a Consul key among the member records').map((w) => w.key);
+        expect(skipped.sort()).toEqual(Object.keys(odd).sort());
+      }
+      // What is not a leftover stays: only leaderd's own member keys are ever deleted.
+      for (const key of Object.keys(odd)) expect(await keysUnder(dir)).toContain(key);
+
+      await a.session.publishLeaderPosition('position');
+      expect((await b.session.readCluster()).leaderPosition).toBe('position');
+      await a.session.campaign();
+      await b.session.campaign();
+      expect(await until(() => a.views.at(-1)?.isSelf === true && leaderOf(b) === 'a', 15000)).toBe(true);
+    } finally {
+      await consulApi('PUT', `/v1/session/destroy/${foreign}`).catch(() => undefined);
+    }
+  });
+
+  it('records are no candidates: publishing them changes no view and adds nothing to the election', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    await a.session.campaign();
+    await b.session.campaign();
+    expect(await until(() => a.views.at(-1)?.isSelf === true && leaderOf(b) === 'a', 15000)).toBe(true);
+    const term = a.views.at(-1)!.leader!;
+    const seen = [a.views.length, b.views.length] as const;
+
+    for (const m of [a, b]) await m.session.publishMember(`record of ${m === a ? 'a' : 'b'}`);
+    await a.session.publishLeaderPosition('position');
+    for (const m of [a, b]) expect(await members(m)).toEqual(['record of a', 'record of b']);
+    // The election's own keys are still the lock alone, held in the same term.
+    expect(await keysUnder(`leaderd/${election}/`)).toEqual([`leaderd/${election}/leader`]);
+    expect(await lockIndex(`leaderd/${election}/leader`)).toBe(term.fencingToken);
+    for (const view of [...a.views.slice(seen[0]), ...b.views.slice(seen[1])]) expect(view.leader).toEqual(term);
+
+    // And the election goes on as before: the next candidate takes over when the leader leaves.
+    await a.session.close();
+    expect(await until(() => b.views.at(-1)?.isSelf === true, 15000)).toBe(true);
+    expect(b.views.at(-1)!.leader!.fencingToken).toBeGreaterThan(term.fencingToken);
+    expect(await members(b)).toEqual(['record of b']);
   });
 });

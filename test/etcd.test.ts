@@ -1,6 +1,10 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Etcd3 } from 'etcd3';
+import { pino } from 'pino';
+import { EtcdBackend } from '../adapters/etcd.js';
+import { MAX_RECORD_BYTES, SessionLostError, type Session, type View } from '../src/backend.js';
 import { conformance, histogramCount, newElection, settled } from './conformance.js';
-import { EtcdServer, type Etcdctl } from './harness/etcd.js';
+import { EtcdCluster, EtcdServer, type Etcdctl } from './harness/etcd.js';
 import { TcpProxy } from './harness/proxy.js';
 import { Sidecar } from './harness/sidecar.js';
 import { until } from './chaos/world.js';
@@ -181,6 +185,212 @@ describe('etcd: backend specifics', () => {
       expect(observer.lines[keyLine + 1]).toBe(ours.value);
     } finally {
       await Promise.all(running.map((p) => p.kill()));
+    }
+  });
+});
+
+describe('etcd: member records', () => {
+  const prefix = '/leaderd-test';
+  const records = (election: string) => `${prefix}/.cluster/${election}/`;
+  const backends: EtcdBackend[] = [];
+  const open: Member[] = [];
+
+  /** A session opened in this process, as the core would hold it: what it saw, logged and lost. */
+  interface Member {
+    session: Session;
+    views: View[];
+    losses: Error[];
+    warnings: Array<{ msg: string; key?: string }>;
+    /** Stops renewing its lease, as a member killed with -9 would. */
+    stopRenewing(): void;
+  }
+
+  async function member(election: string, id: string, endpoint = etcd.clientUrl): Promise<Member> {
+    const backend = new EtcdBackend({ endpoints: [endpoint], prefix });
+    backends.push(backend);
+    const views: View[] = [];
+    const losses: Error[] = [];
+    const warnings: Member['warnings'] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line) as Member['warnings'][number]) });
+    const session = await backend.open({
+      election,
+      candidate: { id, address: id },
+      ttlSeconds,
+      requestTimeoutMs: 2000,
+      events: { view: (v) => void views.push(v), lost: (e) => void losses.push(e) },
+      log,
+      measure: (_, request) => request(),
+    });
+    // Renewed as the core renews it, well inside the ttl, until told to stop.
+    let renewing = true;
+    void (async () => {
+      while (renewing) {
+        await session.renew().catch(() => undefined);
+        await new Promise((r) => setTimeout(r, 300));
+      }
+    })();
+    const m: Member = { session, views, losses, warnings, stopRenewing: () => void (renewing = false) };
+    open.push(m);
+    return m;
+  }
+
+  const members = async (m: Member) => [...(await m.session.readCluster()).members].sort();
+  const leaderOf = (m: Member) => m.views.at(-1)?.leader?.id;
+
+  afterEach(async () => {
+    for (const m of open.splice(0)) {
+      m.stopRenewing();
+      await m.session.close().catch(() => undefined);
+    }
+    for (const backend of backends.splice(0)) await backend.shutdown();
+  });
+
+  it('each session reads every live record, its own included, and a new publish replaces its record', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    await a.session.publishMember('record of a');
+    await b.session.publishMember('record of b');
+    for (const m of [a, b]) expect(await m.session.readCluster()).toEqual({ members: expect.any(Array), leaderPosition: null });
+    for (const m of [a, b]) expect(await members(m)).toEqual(['record of a', 'record of b']);
+
+    await a.session.publishMember('record of a, again');
+    for (const m of [a, b]) expect(await members(m)).toEqual(['record of a, again', 'record of b']);
+    // One key per session, under members/, named by the lease.
+    const keys = await etcd.range(`${records(election)}members/`);
+    expect(keys).toHaveLength(2);
+    for (const kv of keys) expect(kv.key).toBe(`${records(election)}members/${BigInt(kv.lease).toString(16)}`);
+  });
+
+  it('close() removes the session\'s record at once', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    await a.session.publishMember('record of a');
+    await b.session.publishMember('record of b');
+    expect(await members(a)).toEqual(['record of a', 'record of b']);
+    await b.session.close();
+    expect(await members(a)).toEqual(['record of a']);
+  });
+
+  it('a session that stops renewing (killed) loses its record when its lease expires, and a later publish reports it lost', async () => {
+    const election = newElection();
+    const [a, killed] = await Promise.all([member(election, 'a'), member(election, 'killed')]);
+    await a.session.publishMember('record of a');
+    await killed.session.publishMember('record of the killed one');
+    expect(await members(a)).toEqual(['record of a', 'record of the killed one']);
+
+    killed.stopRenewing();
+    expect(await until(async () => (await members(a)).length === 1, 15000)).toBe(true);
+    expect(await members(a)).toEqual(['record of a']);
+    expect(killed.losses).toEqual([]);
+    // Its lease is gone: a publish cannot bring the record back, and the session is reported lost.
+    await expect(killed.session.publishMember('too late')).rejects.toBeInstanceOf(SessionLostError);
+    expect(killed.losses).toHaveLength(1);
+    expect(await members(a)).toEqual(['record of a']);
+  });
+
+  it('the leader position is null until written, outlives the session that wrote it, and the next writer replaces it', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    expect((await a.session.readCluster()).leaderPosition).toBeNull();
+    await a.session.publishLeaderPosition('position 1');
+    expect((await b.session.readCluster()).leaderPosition).toBe('position 1');
+    await a.session.close();
+    expect(await b.session.readCluster()).toEqual({ members: [], leaderPosition: 'position 1' });
+    await b.session.publishLeaderPosition('position 2');
+    const c = await member(election, 'c');
+    expect((await c.session.readCluster()).leaderPosition).toBe('position 2');
+  });
+
+  it('foreign keys under the records (another shape, no lease, oversize) are skipped with one warning each, and the election goes on', async () => {
+    const election = newElection();
+    const dir = records(election);
+    const client = new Etcd3({ hosts: etcd.clientUrl });
+    try {
+      const { ID: lease } = await client.leaseClient.leaseGrant({ TTL: 60 });
+      const leased = (key: string | Buffer, value: string) => client.put(key).value(value).lease(lease).exec();
+      await leased(`${dir}members/${BigInt(lease).toString(16)}`, 'x'.repeat(MAX_RECORD_BYTES + 1));
+      await leased(`${dir}members/abc/def`, 'nested');
+      await leased(Buffer.concat([Buffer.from(`${dir}members/ab`), Buffer.from([0xff])]), 'not UTF-8 in its name');
+      await leased(`${dir}members`, 'a directory');
+      await leased(`${dir}something-else`, 'other');
+      await etcd.put(`${dir}members/abcdef`, 'no lease');
+      const a = await member(election, 'a');
+      await a.session.publishMember('record of a');
+      const b = await member(election, 'b');
+      await b.session.publishMember('x'.repeat(MAX_RECORD_BYTES));
+
+      for (let i = 0; i < 2; i++) {
+        expect(await members(a)).toEqual(['record of a', 'x'.repeat(MAX_RECORD_BYTES)]);
+        expect((await a.session.readCluster()).leaderPosition).toBeNull();
+      }
+      const skipped = a.warnings.filter((w) => /under the member records/.test(w.msg)).map((w) => w.key);
+      expect(skipped).toHaveLength(6);
+      expect(new Set(skipped).size).toBe(6);
+
+      // An oversize position is none.
+      await etcd.put(`${dir}leader-position`, 'p'.repeat(MAX_RECORD_BYTES + 1));
+      expect((await a.session.readCluster()).leaderPosition).toBeNull();
+
+      await a.session.campaign();
+      expect(await until(() => a.views.at(-1)?.isSelf === true, 10000)).toBe(true);
+      expect(leaderOf(a)).toBe('a');
+      expect([...a.losses, ...b.losses]).toEqual([]);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('past a hundred foreign keys, warnings stop: none is reported twice, however often the records are read', async () => {
+    const election = newElection();
+    const a = await member(election, 'a');
+    await Promise.all(Array.from({ length: 150 }, (_, i) => etcd.put(`${records(election)}junk-${i}`, 'junk')));
+    await a.session.publishMember('record of a');
+    const skipped = () => a.warnings.filter((w) => /under the member records/.test(w.msg)).map((w) => w.key);
+    expect(await members(a)).toEqual(['record of a']);
+    expect(skipped()).toHaveLength(100);
+    expect(await members(a)).toEqual(['record of a']);
+    expect(new Set(skipped()).size).toBe(100);
+    expect(skipped()).toHaveLength(100);
+  });
+
+  it('records are never candidates: written before anyone campaigns, they neither lead nor queue', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    // Written first, they would be the oldest keys, and lead, if the election counted them; the
+    // member record even holds a leaderd candidacy's {id, address}.
+    await a.session.publishMember(JSON.stringify({ id: 'ghost', address: 'ghost' }));
+    await a.session.publishLeaderPosition('ghost');
+    await b.session.publishMember('ghost');
+    await a.session.campaign();
+    await b.session.campaign();
+    for (const m of [a, b]) expect(await until(() => leaderOf(m) === 'a', 10000)).toBe(true);
+    expect(a.views.at(-1)!.isSelf).toBe(true);
+    expect(await etcd.keys(`${prefix}/${election}/`)).toHaveLength(2);
+
+    // Publishing again changes nothing either: b leads once a withdraws, not a record.
+    await a.session.publishMember(JSON.stringify({ id: 'ghost', address: 'ghost' }));
+    await a.session.withdraw();
+    for (const m of [a, b]) expect(await until(() => leaderOf(m) === 'b', 10000)).toBe(true);
+    expect(b.views.at(-1)!.isSelf).toBe(true);
+    for (const view of [...a.views, ...b.views]) expect(['a', 'b', undefined]).toContain(view.leader?.id);
+  });
+
+  it('readCluster is linearizable: a member cut off from its cluster\'s quorum does not answer from its own copy', async () => {
+    const cluster = await EtcdCluster.start();
+    try {
+      const election = newElection();
+      const a = await member(election, 'a', cluster.members[0]!.clientUrl);
+      await a.session.publishMember('record of a');
+      expect(await members(a)).toEqual(['record of a']);
+      await Promise.all(cluster.members.slice(1).map((m) => m.pause()));
+      // A serializable read would answer ['record of a'] from the member's own copy.
+      await expect(a.session.readCluster()).rejects.toThrow();
+    } finally {
+      for (const m of open.splice(0)) {
+        m.stopRenewing();
+        void m.session.close().catch(() => undefined);
+      }
+      await cluster.stop();
     }
   });
 });

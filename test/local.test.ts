@@ -6,8 +6,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { EventSourceParserStream } from 'eventsource-parser/stream';
+import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
 import { fileURLToPath } from 'node:url';
+import { LocalBackend } from '../adapters/local.js';
+import { MAX_RECORD_BYTES, type ClusterRecords, type Session, type View } from '../src/backend.js';
 import { conformance, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
 import { violations, type HookRecord } from './overlap.js';
 import { BIN, runLeaderd, Sidecar, type LogLine, type RoleBody } from './harness/sidecar.js';
@@ -594,5 +597,285 @@ describe('local: --local-dir that others may write to', () => {
       expect(await exitWithin(node, ttlMs * 3 + 5000), node.id).toEqual({ code: 2, signal: null });
       expect(node.stderr, node.id).toMatch(/^leaderd: invalid configuration: local-dir: [^\n]*(writable by every user|belongs to another user)[^\n]*\n$/);
     }
+  });
+});
+
+/** A session of the adapter itself, in this process: what the core sees of it, and what it logs. */
+interface Member {
+  readonly session: Session;
+  readonly views: View[];
+  readonly losses: Error[];
+  readonly warnings: Array<{ msg: string; entry?: string }>;
+  readonly operations: string[];
+}
+
+/**
+ * Opens adapter sessions directly (no sidecar: the core does not publish records yet) and closes
+ * whatever is left open afterwards.
+ */
+function memberSessions() {
+  const open: Session[] = [];
+  return {
+    async open(election: string, id: string): Promise<Member> {
+      const views: View[] = [];
+      const losses: Error[] = [];
+      const warnings: Member['warnings'] = [];
+      const operations: string[] = [];
+      const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line) as Member['warnings'][number]) });
+      const session = await new LocalBackend({ dir }).open({
+        election,
+        candidate: { id, address: `${id}:5432` },
+        ttlSeconds,
+        requestTimeoutMs: ttlMs,
+        events: { view: (view) => void views.push(view), lost: (reason) => void losses.push(reason) },
+        log,
+        measure: (operation, request) => {
+          operations.push(operation);
+          return request();
+        },
+      });
+      open.push(session);
+      return { session, views, losses, warnings, operations };
+    },
+    closeAll: () => Promise.all(open.map((s) => s.close().catch(() => undefined))),
+  };
+}
+
+/** readCluster() with the members sorted, to compare with what was written. */
+async function cluster(member: Member): Promise<ClusterRecords> {
+  const { members, leaderPosition } = await member.session.readCluster();
+  return { members: [...members].sort(), leaderPosition };
+}
+
+/** Polls readCluster() every 20 ms until `condition` holds; rejects after `timeoutMs`. */
+async function clusterWhere(member: Member, condition: (c: ClusterRecords) => boolean, timeoutMs: number, what: string): Promise<ClusterRecords> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const found = await cluster(member);
+    if (condition(found)) return found;
+    if (performance.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what} (last: ${JSON.stringify(found)})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** The last view a session reported, once it satisfies `condition`. */
+async function viewWhere(member: Member, condition: (v: View) => boolean, timeoutMs: number, what: string): Promise<View> {
+  await until(() => member.views.length > 0 && condition(member.views.at(-1)!), timeoutMs, what);
+  return member.views.at(-1)!;
+}
+
+/** Renews `member` as the core would, every ttl/4, until stopped. */
+function keepRenewing(member: Member): () => void {
+  const timer = setInterval(() => void member.session.renew().catch(() => undefined), ttlMs / 4);
+  return () => clearInterval(timer);
+}
+
+const ADAPTER = fileURLToPath(new URL('../adapters/local.ts', import.meta.url));
+
+/**
+ * A process of its own that opens a session, publishes `record`, renews every ttl/4 and prints
+ * `ready`: one that can be killed with kill -9.
+ */
+async function memberProcess(election: string, record: string) {
+  const code = `
+    import { pino } from 'pino';
+    import { LocalBackend } from ${JSON.stringify(ADAPTER)};
+    const session = await new LocalBackend({ dir: process.env.LOCAL_DIR }).open({
+      election: process.env.ELECTION, candidate: { id: 'child', address: 'child' }, ttlSeconds: ${ttlSeconds},
+      requestTimeoutMs: ${ttlMs}, events: { view() {}, lost() {} }, log: pino({ level: 'silent' }), measure: (_, r) => r(),
+    });
+    await session.publishMember(process.env.RECORD);
+    setInterval(() => void session.renew().catch(() => undefined), ${ttlMs / 4});
+    console.log('ready');
+  `;
+  const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    env: { ...process.env, LOCAL_DIR: dir, ELECTION: election, RECORD: record },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  await new Promise<void>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on('line', (line) => line === 'ready' && resolve());
+    void exited.then(() => reject(new Error('the member process exited before it was ready')));
+  });
+  return { child, exited };
+}
+
+describe('local: member records', () => {
+  const sessions = memberSessions();
+  afterEach(() => sessions.closeAll());
+
+  it('two sessions publish: each reads both records exactly; a later publish, also after a renewal, replaces the record', async () => {
+    const election = newElection();
+    const [a, b] = [await sessions.open(election, 'a'), await sessions.open(election, 'b')];
+    const recordA = '{"id":"a","position":"18446744073709551615","note":"é\\u2028\\n"}\n';
+    await a.session.publishMember(recordA);
+    await b.session.publishMember('b1');
+    for (const reader of [a, b]) expect(await cluster(reader)).toEqual({ members: [recordA, 'b1'].sort(), leaderPosition: null });
+
+    await a.session.publishMember('a2');
+    for (const reader of [a, b]) expect((await cluster(reader)).members).toEqual(['a2', 'b1']);
+    // A renewal renames the record: the next publish must replace the renamed one, not add to it.
+    await a.session.renew();
+    await a.session.publishMember('a3');
+    await a.session.renew();
+    for (const reader of [a, b]) expect((await cluster(reader)).members).toEqual(['a3', 'b1']);
+    expect(readdirSync(join(dir, election, 'members'))).toHaveLength(2);
+    expect(a.operations).toEqual(['write', 'read', 'write', 'read', 'write', 'read']);
+  });
+
+  it('close() removes the session\'s record at once', async () => {
+    const election = newElection();
+    const [a, b] = [await sessions.open(election, 'a'), await sessions.open(election, 'b')];
+    await a.session.publishMember('a');
+    await b.session.publishMember('b');
+    expect((await cluster(b)).members).toEqual(['a', 'b']);
+    await a.session.close();
+    expect((await cluster(b)).members).toEqual(['b']);
+    await expect(a.session.publishMember('a again')).rejects.toThrow();
+    expect((await cluster(b)).members).toEqual(['b']);
+  });
+
+  it('a session that stops renewing: its record is left out a ttl after a reader first saw it, while renewed ones stay; renewed again, it is back', async () => {
+    const election = newElection();
+    const [reader, renewed, stalled] = [await sessions.open(election, 'reader'), await sessions.open(election, 'renewed'), await sessions.open(election, 'stalled')];
+    const stops = [keepRenewing(reader), keepRenewing(renewed)];
+    try {
+      await reader.session.publishMember('reader');
+      await renewed.session.publishMember('renewed');
+      await stalled.session.publishMember('stalled');
+      const firstSeen = performance.now();
+      expect((await cluster(reader)).members).toEqual(['reader', 'renewed', 'stalled']);
+      await clusterWhere(reader, (c) => !c.members.includes('stalled'), ttlMs * 3 + 5000, 'the stalled record left out');
+      expect(performance.now() - firstSeen).toBeGreaterThanOrEqual(ttlMs);
+      expect((await cluster(reader)).members).toEqual(['reader', 'renewed']);
+      expect((await cluster(renewed)).members).toEqual(['reader', 'renewed']);
+
+      // Its next renewal finds the record expired and writes it again.
+      await stalled.session.renew();
+      expect((await cluster(reader)).members).toEqual(['reader', 'renewed', 'stalled']);
+    } finally {
+      for (const stop of stops) stop();
+    }
+  });
+
+  it('a member process killed with kill -9: its record is left out at once, as its lock would be', async () => {
+    const election = newElection();
+    const reader = await sessions.open(election, 'reader');
+    await reader.session.publishMember('reader');
+    const { child, exited } = await memberProcess(election, 'killed');
+    try {
+      expect((await cluster(reader)).members).toEqual(['killed', 'reader']);
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    const killedAt = performance.now();
+    await clusterWhere(reader, (c) => !c.members.includes('killed'), ttlMs * 3 + 5000, 'the killed member\'s record left out');
+    expect(performance.now() - killedAt).toBeLessThan(ttlMs / 2);
+  });
+
+  it('the leader position outlives the session that wrote it, the next writer replaces it, and it is null before anyone wrote it', async () => {
+    const election = newElection();
+    const [a, b] = [await sessions.open(election, 'a'), await sessions.open(election, 'b')];
+    expect(await cluster(a)).toEqual({ members: [], leaderPosition: null });
+    await a.session.publishLeaderPosition('{"position":1}');
+    expect((await cluster(b)).leaderPosition).toBe('{"position":1}');
+    await a.session.close();
+    const c = await sessions.open(election, 'c');
+    for (const reader of [b, c]) expect((await cluster(reader)).leaderPosition).toBe('{"position":1}');
+    await c.session.publishLeaderPosition('{"position":2}');
+    for (const reader of [b, c]) expect((await cluster(reader)).leaderPosition).toBe('{"position":2}');
+    expect(c.operations).toEqual(['read', 'write', 'read']);
+  });
+
+  it('foreign entries in members/ and in the place of leader-position are skipped, warned about once, and the election still works', async () => {
+    const election = newElection();
+    const members = join(dir, election, 'members');
+    mkdirSync(members, { recursive: true, mode: 0o700 });
+    // Named like records, but none: too large, no regular file, a FIFO, symlinks (never followed).
+    const oversize = join(members, '0123456789abcdef.none.1.0');
+    writeFileSync(oversize, 'x'.repeat(MAX_RECORD_BYTES + 1));
+    mkdirSync(join(members, '1123456789abcdef.none.1.0'));
+    execFileSync('mkfifo', [join(members, '2123456789abcdef.none.1.0')]);
+    symlinkSync('/dev/zero', join(members, '3123456789abcdef.none.1.0'));
+    const target = scratchFile('record-elsewhere');
+    writeFileSync(target, 'a file outside members/');
+    symlinkSync(target, join(members, '5123456789abcdef.none.1.0'));
+    // Named like nothing leaderd writes, with a small value.
+    writeFileSync(join(members, 'junk'), 'junk');
+    // Exactly the largest record: one.
+    const largest = 'y'.repeat(MAX_RECORD_BYTES);
+    writeFileSync(join(members, '4123456789abcdef.none.1.0'), largest);
+    writeFileSync(join(dir, election, 'leader-position'), 'z'.repeat(MAX_RECORD_BYTES + 1));
+
+    const a = await sessions.open(election, 'a');
+    await a.session.campaign();
+    await a.session.publishMember('a');
+    for (let i = 0; i < 3; i++) expect(await cluster(a)).toEqual({ members: ['a', largest].sort(), leaderPosition: null });
+    const warned = (entry: string) => a.warnings.filter((w) => w.entry === entry);
+    expect(warned(oversize)).toHaveLength(1);
+    expect(warned(join(dir, election, 'leader-position'))).toHaveLength(1);
+    expect(warned('junk')).toHaveLength(1);
+    expect((await viewWhere(a, (v) => v.isSelf, 10000, 'a leads')).leader?.id).toBe('a');
+
+    // A directory in the place of leader-position is replaced by the next write.
+    rmSync(join(dir, election, 'leader-position'));
+    mkdirSync(join(dir, election, 'leader-position', 'inside'), { recursive: true });
+    expect((await cluster(a)).leaderPosition).toBeNull();
+    await a.session.publishLeaderPosition('p');
+    expect((await cluster(a)).leaderPosition).toBe('p');
+    expect(a.losses).toEqual([]);
+  });
+
+  it('members/ removed by a cleaner: the next publish and renewal make it again, and the lock waits for no ttl', async () => {
+    const election = newElection();
+    const [a, b] = [await sessions.open(election, 'a'), await sessions.open(election, 'b')];
+    await a.session.campaign();
+    await viewWhere(a, (v) => v.isSelf, 10000, 'a leads');
+    await a.session.publishMember('a');
+    await b.session.publishMember('b');
+    removeDirectory(join(dir, election, 'members'));
+    expect((await cluster(b)).members).toEqual([]);
+    await a.session.publishMember('a2');
+    await b.session.renew();
+    expect((await cluster(b)).members).toEqual(['a2', 'b']);
+    await a.session.renew();
+    expect(readdirSync(join(dir, election)).filter((n) => n.startsWith('recreated.'))).toEqual([]);
+
+    // No marker: the next candidate takes the lock as soon as it is free.
+    await b.session.campaign();
+    const token = a.views.at(-1)!.leader!.fencingToken;
+    const releasedAt = performance.now();
+    await a.session.withdraw();
+    const view = await viewWhere(b, (v) => v.isSelf, 10000, 'b leads');
+    expect(performance.now() - releasedAt).toBeLessThan(ttlMs / 2);
+    expect(view.leader!.fencingToken).toBeGreaterThan(token);
+  });
+
+  it('records are never candidates: publishing changes no view, the lock holds only the leader\'s beat, and a member that does not campaign never leads', async () => {
+    const election = newElection();
+    const [a, b, c] = [await sessions.open(election, 'a'), await sessions.open(election, 'b'), await sessions.open(election, 'c')];
+    await a.session.campaign();
+    const leading = await viewWhere(a, (v) => v.isSelf, 10000, 'a leads');
+    await b.session.campaign();
+    await viewWhere(c, (v) => v.leader?.id === 'a', 10000, 'c sees a lead');
+    const before = [a, b, c].map((m) => m.views.length);
+    for (const m of [c, b, a]) await m.session.publishMember(JSON.stringify({ id: m === a ? 'a' : m === b ? 'b' : 'c', address: 'x' }));
+    await a.session.publishLeaderPosition('{"id":"c"}');
+    // Every session has looked at the directory again a few times (each look reports a view).
+    for (const m of [a, b, c]) await m.session.renew();
+    const published = [a, b, c].map((m) => m.views.length);
+    await until(() => [a, b, c].every((m, i) => m.views.length >= published[i]! + 3), 10000, 'three more looks by every session');
+    for (const [i, m] of [a, b, c].entries()) {
+      for (const view of m.views.slice(before[i]!)) expect(view.leader).toEqual(leading.leader);
+    }
+    expect(readdirSync(join(dir, election, 'lock'))).toEqual([expect.stringMatching(/^beat\./)]);
+
+    // The lock goes to the next candidate, never to the member that only published.
+    await a.session.withdraw();
+    const next = await viewWhere(b, (v) => v.isSelf, 10000, 'b leads');
+    expect(next.leader!.id).toBe('b');
+    expect(c.views.every((v) => !v.isSelf && v.leader?.id !== 'c')).toBe(true);
   });
 });

@@ -310,6 +310,31 @@ describe('safety: a successor is promoted only after its predecessor has stepped
     expect(e.violations()).toEqual([]);
   });
 
+  // Elector.stop(): a node that still leads in the backend (here: resigning, its demote hook
+  // still running) keeps renewing until the hook has finished, whatever its role already says.
+  it('SIGTERM while a resign waits for its demote hook: no successor until the hook has finished', async () => {
+    const e = election();
+    const a = await e.start('a');
+    const { token, others } = await ledBy(e, a, async () => [await e.start('b')]);
+    const b = others[0]!;
+    e.hold(a, 'demote');
+    const resigning = resign(a, 60).catch(() => undefined);
+    await e.record(a, 'demote');
+
+    const exit = a.stop();
+    await a.waitForLog((l) => l.msg === 'shutting down', 5000, 'shutdown');
+    // Two leases and more: unless the stopping node kept renewing, b would have taken over.
+    await expect(b.waitForRole('primary', 5000)).rejects.toThrow(/no role primary/);
+    e.release(a, 'demote');
+    expect(await exit).toEqual({ code: 0, signal: null });
+    await resigning;
+    const demoted = await e.record(a, 'demote-done');
+    const promote = await e.record(b, 'promote', ELECT_MS);
+    expect(promote.at).toBeGreaterThan(demoted.at);
+    expect(Number(promote.LEADERD_FENCING_TOKEN)).toBeGreaterThan(token);
+    expect(e.violations()).toEqual([]);
+  });
+
   // Elector.dropSession(): the session is closed only after `settle()`.
   it('a lease deadline that passes: the lock is not released while the demote hook runs, only expired', async () => {
     const e = election();

@@ -1,9 +1,13 @@
 import { createRequire } from 'node:module';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
+import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ZookeeperBackend } from '../adapters/zookeeper.js';
+import { MAX_RECORD_BYTES, type Session, type View } from '../src/backend.js';
 import { until } from './chaos/world.js';
 import { conformance, histogramCount, hookArgs, newElection, readHookRecords, sample, scrape, scratchFile, settled } from './conformance.js';
+import { TcpProxy } from './harness/proxy.js';
 import { Sidecar, runLeaderd } from './harness/sidecar.js';
 import { ZookeeperEnsemble, ZookeeperServer } from './harness/zookeeper.js';
 import { violations, type HookRecord } from './overlap.js';
@@ -289,6 +293,249 @@ describe('zookeeper: backend specifics', () => {
       expect(violations(records(files))).toEqual([]);
     } finally {
       await ensemble.stop();
+    }
+  });
+});
+
+describe('zookeeper: member records', () => {
+  const prefix = '/leaderd-test';
+  const recordsOf = (election: string) => `${prefix}/.cluster/${election}`;
+  const open: Member[] = [];
+
+  /** A session opened in this process, as the core would hold it: what it saw, logged and lost. */
+  interface Member {
+    session: Session;
+    views: View[];
+    losses: Error[];
+    warnings: Array<{ msg: string; node?: string }>;
+  }
+
+  async function member(election: string, id: string, options: { connect?: string; auth?: string } = {}): Promise<Member> {
+    const backend = new ZookeeperBackend({ connect: options.connect ?? zk.connectString, prefix, auth: options.auth ?? null });
+    const views: View[] = [];
+    const losses: Error[] = [];
+    const warnings: Member['warnings'] = [];
+    const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line) as Member['warnings'][number]) });
+    // The client pings the server on its own: the session lives while the process does.
+    const session = await backend.open({
+      election,
+      candidate: { id, address: id },
+      ttlSeconds,
+      requestTimeoutMs: 2000,
+      events: { view: (v) => void views.push(v), lost: (e) => void losses.push(e) },
+      log,
+      measure: (_, request) => request(),
+    });
+    const m = { session, views, losses, warnings };
+    open.push(m);
+    return m;
+  }
+
+  const members = async (m: Member) => [...(await m.session.readCluster()).members].sort();
+  const leaderOf = (m: Member) => m.views.at(-1)?.leader?.id;
+  const mkdirp = (client: InstanceType<typeof ZK>, path: string) =>
+    new Promise<void>((resolve, reject) => client.mkdirp(path, (error: Error | null) => (error ? reject(error) : resolve())));
+
+  afterEach(async () => {
+    for (const m of open.splice(0)) await m.session.close().catch(() => undefined);
+  });
+
+  it('each session reads every live record, its own included; a publish replaces its record, and brings it back if it was deleted', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    await a.session.publishMember('record of a');
+    await b.session.publishMember('record of b');
+    for (const m of [a, b]) expect(await m.session.readCluster()).toEqual({ members: expect.any(Array), leaderPosition: null });
+    for (const m of [a, b]) expect(await members(m)).toEqual(['record of a', 'record of b']);
+
+    await a.session.publishMember('record of a, again');
+    for (const m of [a, b]) expect(await members(m)).toEqual(['record of a, again', 'record of b']);
+    const client = await zkClient(zk.connectString);
+    try {
+      // One ephemeral node per session, named by a guid.
+      const path = `${recordsOf(election)}/members`;
+      const nodes = (await client.get_children(path, false)) as string[];
+      expect(nodes).toHaveLength(2);
+      for (const node of nodes) {
+        expect(node).toMatch(/^[0-9a-f]{32}$/);
+        const [stat] = (await client.get(`${path}/${node}`, false)) as [{ ephemeralOwner: string }];
+        expect(stat.ephemeralOwner).not.toBe('0');
+      }
+      // Deleted behind its back, a record comes back with the next publish.
+      for (const node of nodes) await client.delete_(`${path}/${node}`, -1);
+      expect(await members(a)).toEqual([]);
+      await a.session.publishMember('record of a, back');
+      for (const m of [a, b]) expect(await members(m)).toEqual(['record of a, back']);
+    } finally {
+      client.close();
+    }
+    expect([...a.losses, ...b.losses]).toEqual([]);
+  });
+
+  it('close() removes the session\'s record at once', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    await a.session.publishMember('record of a');
+    await b.session.publishMember('record of b');
+    expect(await members(a)).toEqual(['record of a', 'record of b']);
+    await b.session.close();
+    expect(await members(a)).toEqual(['record of a']);
+  });
+
+  it('the record of a member that went silent (killed) disappears when its session expires', async () => {
+    const election = newElection();
+    // The killed member reaches the server only through a proxy, which then carries nothing
+    // more: to the server, it is a process that died.
+    const proxy = await TcpProxy.start(zk.connectString);
+    try {
+      const a = await member(election, 'a');
+      const killed = await member(election, 'killed', { connect: proxy.address });
+      await a.session.publishMember('record of a');
+      await killed.session.publishMember('record of the killed one');
+      expect(await members(a)).toEqual(['record of a', 'record of the killed one']);
+
+      proxy.blackhole();
+      expect(await until(async () => (await members(a)).length === 1, 15000)).toBe(true);
+      expect(await members(a)).toEqual(['record of a']);
+      expect(a.losses).toEqual([]);
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('the leader position is null until written, outlives the session that wrote it, and the next writer replaces it', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    expect((await a.session.readCluster()).leaderPosition).toBeNull();
+    await a.session.publishLeaderPosition('position 1');
+    expect((await b.session.readCluster()).leaderPosition).toBe('position 1');
+    await a.session.close();
+    expect(await b.session.readCluster()).toEqual({ members: [], leaderPosition: 'position 1' });
+    await b.session.publishLeaderPosition('position 2');
+    const c = await member(election, 'c');
+    expect((await c.session.readCluster()).leaderPosition).toBe('position 2');
+
+    // Two first writers at once, in another election: both find no node and create it, and the
+    // one whose create finds it there already sets it.
+    const other = newElection();
+    const [d, e] = await Promise.all([member(other, 'd'), member(other, 'e')]);
+    await Promise.all([d.session.publishLeaderPosition('position d'), e.session.publishLeaderPosition('position e')]);
+    expect(['position d', 'position e']).toContain((await d.session.readCluster()).leaderPosition);
+  });
+
+  it('foreign nodes under the records (another name, not ephemeral, a directory, oversize) are skipped with one warning each, and the election goes on', async () => {
+    const election = newElection();
+    const dir = `${recordsOf(election)}/members`;
+    const guid = () => randomBytes(16).toString('hex');
+    const client = await zkClient(zk.connectString);
+    try {
+      await mkdirp(client, dir);
+      const foreign = [`${dir}/not-a-session`, `${dir}/${guid()}`, `${dir}/${guid()}`, `${dir}/${guid()}`];
+      await client.create(foreign[0], 'another name', ZK.constants.ZOO_EPHEMERAL);
+      await client.create(foreign[1], 'no session', ZK.constants.ZOO_PERSISTENT);
+      await mkdirp(client, `${foreign[2]}/inside`);
+      await client.create(foreign[3], 'x'.repeat(MAX_RECORD_BYTES + 1), ZK.constants.ZOO_EPHEMERAL);
+      const a = await member(election, 'a');
+      await a.session.publishMember('record of a');
+      const b = await member(election, 'b');
+      await b.session.publishMember('x'.repeat(MAX_RECORD_BYTES));
+
+      for (let i = 0; i < 2; i++) {
+        expect(await a.session.readCluster()).toEqual({ members: expect.any(Array), leaderPosition: null });
+        expect(await members(a)).toEqual(['record of a', 'x'.repeat(MAX_RECORD_BYTES)]);
+      }
+      const skipped = () => a.warnings.filter((w) => /skipped$/.test(w.msg)).map((w) => w.node);
+      expect(skipped().sort()).toEqual([...foreign].sort());
+
+      // An oversize position is none.
+      await client.create(`${recordsOf(election)}/leader-position`, 'p'.repeat(MAX_RECORD_BYTES + 1), ZK.constants.ZOO_PERSISTENT);
+      expect((await a.session.readCluster()).leaderPosition).toBeNull();
+      expect(skipped()).toHaveLength(5);
+
+      await a.session.campaign();
+      expect(await until(() => a.views.at(-1)?.isSelf === true, 10000)).toBe(true);
+      expect(leaderOf(a)).toBe('a');
+      expect([...a.losses, ...b.losses]).toEqual([]);
+    } finally {
+      client.close();
+    }
+  });
+
+  it('records are never candidates: written before and after campaigning, they neither lead nor queue', async () => {
+    const election = newElection();
+    const [a, b] = await Promise.all([member(election, 'a'), member(election, 'b')]);
+    // Written first, they would be the oldest nodes, and lead, if the election counted them; the
+    // member record even holds a leaderd candidacy's {id, address}.
+    const ghost = JSON.stringify({ id: 'ghost', address: 'ghost' });
+    await a.session.publishMember(ghost);
+    await a.session.publishLeaderPosition(ghost);
+    await b.session.publishMember(ghost);
+    await a.session.campaign();
+    await b.session.campaign();
+    for (const m of [a, b]) expect(await until(() => leaderOf(m) === 'a', 10000)).toBe(true);
+    expect(a.views.at(-1)!.isSelf).toBe(true);
+
+    await b.session.publishMember(ghost);
+    await a.session.publishMember(ghost);
+    await a.session.publishLeaderPosition(ghost);
+    const client = await zkClient(zk.connectString);
+    try {
+      expect(await client.get_children(`${prefix}/${election}`, false)).toHaveLength(2);
+    } finally {
+      client.close();
+    }
+    for (const m of [a, b]) expect(leaderOf(m)).toBe('a');
+    // b leads once a withdraws, not a record.
+    await a.session.withdraw();
+    for (const m of [a, b]) expect(await until(() => leaderOf(m) === 'b', 10000)).toBe(true);
+    expect(b.views.at(-1)!.isSelf).toBe(true);
+    for (const view of [...a.views, ...b.views]) expect(['a', 'b', undefined]).toContain(view.leader?.id);
+  });
+
+  it('readCluster is linearizable: a server cut off from the ensemble\'s leader does not answer from its own copy', async () => {
+    const ensemble = await ZookeeperEnsemble.start();
+    try {
+      const leader = await ensemble.leader();
+      const follower = ensemble.members.find((_, i) => i !== leader)!;
+      const b = await member(newElection(), 'b', { connect: follower.connectString });
+      await b.session.publishMember('record of b');
+      expect(await members(b)).toEqual(['record of b']);
+      // The follower goes on serving reads from its own copy until it notices, a few ticks later,
+      // that its leader is silent; only a read that syncs with the leader first is refused.
+      for (const other of ensemble.members) if (other !== follower) other.freeze();
+      await expect(b.session.readCluster()).rejects.toThrow();
+    } finally {
+      for (const server of ensemble.members) server.thaw();
+      for (const m of open.splice(0)) await m.session.close().catch(() => undefined);
+      await ensemble.stop();
+    }
+  });
+
+  it('digest auth: the records and the nodes above them can be changed by leaderd\'s identity only', async () => {
+    const election = newElection();
+    const a = await member(election, 'a', { auth: 'leaderd:s3cret' });
+    await a.session.publishMember('record of a');
+    await a.session.publishLeaderPosition('position');
+    const client = await zkClient(zk.connectString);
+    try {
+      const records = recordsOf(election);
+      const [node] = (await client.get_children(`${records}/members`, false)) as string[];
+      const paths = [records, `${records}/members`, `${records}/members/${node}`, `${records}/leader-position`];
+      for (const path of paths) {
+        const [acl] = (await client.get_acl(path)) as [Array<{ perms: number; scheme: string; auth: string }>];
+        expect(acl.map((x) => [x.scheme, x.perms])).toEqual([
+          ['digest', ZK.constants.ZOO_PERM_ALL],
+          ['world', ZK.constants.ZOO_PERM_READ],
+        ]);
+      }
+      await expect(client.delete_(paths[2]!, -1)).rejects.toThrow(new RegExp(`^${ZK.constants.ZNOAUTH} `));
+      await expect(client.set(paths[3]!, 'forged', -1)).rejects.toThrow(new RegExp(`^${ZK.constants.ZNOAUTH} `));
+      await expect(client.create(`${records}/members/${randomBytes(16).toString('hex')}`, 'forged', ZK.constants.ZOO_EPHEMERAL)).rejects.toThrow(
+        new RegExp(`^${ZK.constants.ZNOAUTH} `),
+      );
+      expect(await a.session.readCluster()).toEqual({ members: ['record of a'], leaderPosition: 'position' });
+    } finally {
+      client.close();
     }
   });
 });

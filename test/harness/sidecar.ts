@@ -18,6 +18,11 @@ export interface RoleBody {
   since: string;
   ttlSeconds: number;
   backend: { kind: string; connected: boolean };
+  healthy: boolean;
+  eligible: boolean;
+  priority: number;
+  position: number | string | null;
+  lag: number | string | null;
 }
 
 export interface LogLine {
