@@ -324,7 +324,11 @@ class ZookeeperSession implements Session {
     try {
       [stat, data] = (await this.call('readCluster', () => this.client().get(path, false))) as [Stat, Buffer | null];
     } catch (error) {
-      if (errorCode(error) === this.constants.ZNONODE) return null;
+      const code = errorCode(error);
+      if (code === this.constants.ZNONODE) return null;
+      // A node whose ACL keeps us from reading it is not leaderd's record: skipped, never a
+      // reason for every member to stop reading the others.
+      if (code === this.constants.ZNOAUTH) return this.skip(path, 'a record cannot be read: its ACL forbids it');
       throw error;
     }
     if (data && data.length > MAX_RECORD_BYTES) return this.skip(path, `a record is larger than ${MAX_RECORD_BYTES} bytes`);

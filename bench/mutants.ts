@@ -1,6 +1,6 @@
 /**
- * The mutation check of the safety logic: changes one safety line of src/elector.ts, src/lease.ts
- * or src/hooks.ts at a time, in a fresh copy of the repository (never in the working tree), builds
+ * The mutation check of the safety logic: changes one safety line of src/elector.ts, src/lease.ts,
+ * src/hooks.ts or src/member.ts (the failover gate) at a time, in a fresh copy of the repository (never in the working tree), builds
  * it, runs the fast test files against it, and reports which mutants no test caught.
  *
  *   npx tsx bench/mutants.ts [--only ID[,ID...]] [--skip REGEX] [--bail] [--keep] [--work DIR]
@@ -53,7 +53,7 @@ const TESTS_FROM_WORKTREE = [
 
 interface Mutant {
   readonly id: string;
-  readonly file: 'src/elector.ts' | 'src/lease.ts' | 'src/hooks.ts';
+  readonly file: 'src/elector.ts' | 'src/lease.ts' | 'src/hooks.ts' | 'src/member.ts';
   /** What the line promises. */
   readonly what: string;
   /** Exact text, found exactly once in the file... */
@@ -67,6 +67,7 @@ interface Mutant {
 const E = 'src/elector.ts' as const;
 const L = 'src/lease.ts' as const;
 const H = 'src/hooks.ts' as const;
+const M = 'src/member.ts' as const;
 
 const MUTANTS: readonly Mutant[] = [
   // --- the lease deadline (src/lease.ts) ---
@@ -173,6 +174,16 @@ const MUTANTS: readonly Mutant[] = [
   },
   { id: 'E32', file: E, what: 'a session reported lost while it opened is closed, not used', from: '    if (attempt.lost) {\n', to: '    if (false) {\n' },
   { id: 'E31', file: E, what: 'resign does nothing once stopping (POST /resign answers 503)', from: "    if (this.phase !== 'running') return false;\n    const resignation", to: '    const resignation' },
+
+  // --- the failover gate (src/elector.ts, src/member.ts) ---
+  { id: 'G1', file: E, what: 'a candidacy that comes first is promoted only once the gate confirms it', from: "        if (this.confirmedToken === token) role = 'primary';", to: "        role = 'primary';" },
+  { id: 'G2', file: E, what: 'a candidacy the gate refused is spent (withdrawn, never promoted)', from: '          this.spentThrough = Math.max(this.spentThrough, token);\n          this.options.log.info({ fencingToken: token }', to: '          this.options.log.info({ fencingToken: token }' },
+  { id: 'G3', file: E, what: 'a node still leading in the backend keeps renewing through its shutdown demote', from: "const holding = this.published.role === 'primary' || this.attempt?.view.isSelf === true;", to: "const holding = this.published.role === 'primary';" },
+  { id: 'G4', file: E, what: 'an unpromoted own candidacy is not named as leader', from: "      if (role !== 'primary') leader = null;\n", to: '' },
+  { id: 'G5', file: M, what: 'a member handing over does not stand', from: "    if (this.handoverTo !== null) return { ok: false, reason: `switching over to ${this.handoverTo}` };\n    if (monotonicMs() < this.steppedBackUntil)", to: '    if (monotonicMs() < this.steppedBackUntil)' },
+  { id: 'G6', file: M, what: 'one switchover at a time', from: '    if (this.switching) {', to: '    if (false) {' },
+  { id: 'G7', file: M, what: 'nobody stands while another member leads', from: '    if (!leading && leader !== null) return false;\n', to: '' },
+  { id: 'G8', file: M, what: 'a primary whose check keeps failing steps down', from: '    if (this.failingSince !== null && monotonicMs() - this.failingSince >= this.options.unhealthyAfterMs) {', to: '    if (false) {' },
 
   // --- hooks (src/hooks.ts) ---
   { id: 'H1', file: H, what: 'a promote is started only while its term holds (issue item 15)', from: "if (event === 'promote' && !(leader && this.options.holdsTerm(leader.fencingToken))) {", to: 'if (false) {' },

@@ -42,6 +42,11 @@ export interface MemberRecord {
   readonly fencingToken: number | null;
   /** Set by a primary handing leadership to this member (POST /switchover). */
   readonly handoverTo: string | null;
+  /**
+   * The fencing token of the last leader this member saw go, once it has checked its position
+   * since: the others wait for such a record before they compare positions.
+   */
+  readonly leaderGone: number | null;
   readonly updatedAt: string;
 }
 
@@ -71,6 +76,7 @@ const memberSchema = z.object({
   position: positionText.nullable(),
   fencingToken: z.number().int().nonnegative().nullable(),
   handoverTo: z.string().refine(isCandidateName).nullable(),
+  leaderGone: z.number().int().nonnegative().nullable(),
   updatedAt: z.string().max(64),
 });
 

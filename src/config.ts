@@ -440,6 +440,12 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   }
   const checkInterval = c['check-interval'] ?? lease / 3;
   const checkTimeout = c['check-timeout'] ?? lease / 3;
+  const unhealthyAfter = c['unhealthy-after'] ?? c.ttl;
+  if (c.check !== undefined && ms(unhealthyAfter) <= ms(checkInterval)) {
+    throw new ConfigError(
+      `unhealthy-after: must be longer than check-interval (${unhealthyAfter} s <= ${round(checkInterval)} s): one failed check is not an outage`,
+    );
+  }
 
   const exec: Partial<Record<TransitionEvent, readonly string[]>> = {};
   if (c['on-promote']) exec.promote = c['on-promote'];
@@ -484,7 +490,7 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
       checkTimeoutSeconds: checkTimeout,
       priority: c.priority,
       maxLag: c['max-lag'] ?? null,
-      unhealthyAfterSeconds: c['unhealthy-after'] ?? c.ttl,
+      unhealthyAfterSeconds: unhealthyAfter,
     },
     adminToken: c['admin-token-file'] !== undefined ? secretFile('admin-token-file', c['admin-token-file']) : (c['admin-token'] ?? null),
     logLevel: c['log-level'],

@@ -140,6 +140,8 @@ export class Elector {
   private confirming: number | null = null;
   /** The session whose candidacy was promoted (until withdrawn): its withdrawal waits for the demote hook. */
   private promotedIn: Session | null = null;
+  /** The session whose candidacy is being withdrawn: it is never promoted meanwhile. */
+  private withdrawingIn: Session | null = null;
   private alignment: Promise<void> | null = null;
   private lastTickAt = monotonicMs();
   private lastAnnouncedLeader: Leader | null = null;
@@ -321,11 +323,14 @@ export class Elector {
       } else {
         return;
       }
+      if (change === 'withdraw') this.withdrawingIn = session;
       try {
         await this.request(change, () => session[change]());
       } catch (error) {
         if (this.session === session) this.dropSession(`${change} failed: ${errorMessage(error)}`);
         return;
+      } finally {
+        if (this.withdrawingIn === session) this.withdrawingIn = null;
       }
       if (this.session !== session) continue;
       this.standingIn = change === 'campaign' ? session : null;
@@ -352,7 +357,7 @@ export class Elector {
       .then((ok) => {
         if (this.confirming !== token) return;
         this.confirming = null;
-        if (ok) this.confirmedToken = token;
+        if (ok && token > this.spentThrough) this.confirmedToken = token;
         else {
           // It steps back: this candidacy is withdrawn, and a new one, if the gate lets it, goes
           // behind the others.
@@ -554,7 +559,13 @@ export class Elector {
     let leader = connected ? view.leader : null;
     if (connected && view.isSelf && view.leader) {
       const token = view.leader.fencingToken;
-      if (campaigning && token > this.spentThrough) {
+      // First in line, not promoted, and no longer standing: this candidacy is spent, whatever a
+      // confirmation still in flight says.
+      if (!campaigning && this.confirmedToken !== token) {
+        this.spentThrough = Math.max(this.spentThrough, token);
+        this.confirming = null;
+      }
+      if (campaigning && token > this.spentThrough && this.withdrawingIn !== this.session) {
         if (this.confirmedToken !== token) this.confirm(token);
         if (this.confirmedToken === token) role = 'primary';
       }

@@ -8,8 +8,12 @@
  * node is promoted (Gate.confirm). The rule itself is `mayTakeLeadership` in cluster.ts.
  *
  * Nobody stands while someone else leads: the question of who comes next is asked when the
- * leader is gone, on records read then, so replicas whose positions move do not join and leave
- * the backend's queue all the time. A member that came first but failed the last check steps
+ * leader is gone, so replicas whose positions move do not join and leave the backend's queue all
+ * the time. Positions are published at most once per check interval, so when the leader goes,
+ * every member checks and publishes its position at once (its record then names the leader that
+ * went, `leaderGone`), and compares itself only with records published since, waiting for them
+ * up to one check interval: else a replica further behind, checked later, would win over a
+ * better one whose record was older. A member that came first but failed the last check steps
  * back, and stands again no sooner than one check interval later, on fresh facts.
  *
  * A primary is not held to that rule: it keeps its term while its check passes, and hands over
@@ -99,6 +103,8 @@ export interface SwitchoverAnswer {
 
 /** How often a switchover looks for its candidate's promotion. */
 const SWITCHOVER_POLL_MS = 100;
+/** How often the records are read while waiting for the others' positions after the leader went. */
+const FRESHNESS_POLL_MS = 50;
 
 export class Member implements Gate {
   private check: CheckResult;
@@ -108,7 +114,15 @@ export class Member implements Gate {
   private others: readonly MemberRecord[] = [];
   private leaderPosition: LeaderPosition | null = null;
   private readFailed = false;
+  /** Named in this member's record: the switchover's candidate. */
   private handoverTo: string | null = null;
+  /** Stepping down for the switchover: set only once the record naming the candidate is published. */
+  private handingOver = false;
+  /** The leader that went (its token) and when; null while someone leads. */
+  private gone: { token: number; at: number } | null = null;
+  /** The token of the last leader gone before the last check started: what `leaderGone` publishes. */
+  private checkedSinceGone: number | null = null;
+  private freshnessTimer: NodeJS.Timeout | undefined;
   /** A switchover is being handled (from the request's arrival, before handoverTo is known). */
   private switching = false;
   /** After a step-back: not standing again before this (monotonic ms). */
@@ -119,7 +133,7 @@ export class Member implements Gate {
   private publishing: Promise<void> = Promise.resolve();
   /** The last reason for not standing, its numbers left out, so that a moving lag is not news. */
   private lastRefusal = '';
-  private lastLeader: string | null = null;
+  private lastLeader: Leader | null = null;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
 
@@ -150,6 +164,7 @@ export class Member implements Gate {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
+    clearTimeout(this.freshnessTimer);
   }
 
   // --- the gate (asked by the elector) ---
@@ -182,11 +197,20 @@ export class Member implements Gate {
     if (this.handoverTo !== null) return { ok: false, reason: `switching over to ${this.handoverTo}` };
     if (monotonicMs() < this.steppedBackUntil) return { ok: false, reason: 'stepped back: waiting for the next check' };
     if (this.readFailed) return { ok: false, reason: 'the member records cannot be read' };
+    const stale = this.staleAfterLeaderGone();
+    if (stale.length > 0) return { ok: false, reason: `waiting for the positions of ${stale.join(', ')} since the leader went` };
     return mayTakeLeadership(this.gateFacts());
   }
 
+  /** Members that could lead whose records predate the leader's going, while it is worth waiting for them. */
+  private staleAfterLeaderGone(): string[] {
+    const gone = this.gone;
+    if (!gone || monotonicMs() - gone.at >= this.options.checkIntervalMs) return [];
+    return this.others.filter((m) => m.candidate && m.role !== 'primary' && (m.leaderGone ?? -1) < gone.token).map((m) => m.id);
+  }
+
   private mayKeepLeading(): Verdict {
-    if (this.handoverTo !== null) return { ok: false, reason: `switching over to ${this.handoverTo}` };
+    if (this.handingOver) return { ok: false, reason: `switching over to ${this.handoverTo}` };
     if (this.failingSince !== null && monotonicMs() - this.failingSince >= this.options.unhealthyAfterMs) {
       return { ok: false, reason: `the check has failed for ${this.options.unhealthyAfterMs / 1000} s: ${this.check.reason ?? ''}` };
     }
@@ -291,8 +315,9 @@ export class Member implements Gate {
     try {
       // Everyone must see whom the leadership goes to before it is let go.
       await this.publish(elector.status(), { force: true });
-      if (this.publishedRecord === null) throw new Error('cannot publish the switchover in the member record');
+      if (this.publishedRecord?.record.handoverTo !== to) throw new Error('cannot publish the switchover in the member record');
       // Steps down: resolves once the demote hook has finished and the candidacy is withdrawn.
+      this.handingOver = true;
       await elector.reevaluate(`switchover to ${to}`);
       // The candidate has a ttl from here, however long the demote took.
       const deadline = monotonicMs() + this.options.ttlMs;
@@ -316,6 +341,7 @@ export class Member implements Gate {
       return { status: 503, body: { error: `switchover to ${to} failed: ${errorMessage(error)}` } };
     } finally {
       this.handoverTo = null;
+      this.handingOver = false;
       await this.publish(elector.status(), { force: true });
       void elector.reevaluate('switchover over');
     }
@@ -329,15 +355,35 @@ export class Member implements Gate {
   // --- the loop ---
 
   private statusChanged(status: Status): void {
-    const leader = status.leader ? `${status.leader.id}/${status.leader.fencingToken}` : null;
-    const leaderChanged = leader !== this.lastLeader;
+    const before = this.lastLeader;
+    const leader = status.leader;
+    const leaderChanged = before?.id !== leader?.id || before?.fencingToken !== leader?.fencingToken;
     this.lastLeader = leader;
+    if (leader) this.gone = null;
+    else if (before) {
+      this.gone = { token: before.fencingToken, at: monotonicMs() };
+      // Without a check there is no position to bring up to date.
+      if (!this.options.check) this.checkedSinceGone = before.fencingToken;
+    }
     if (!status.connected) return;
     // Published at once (a new role is news, a switchover waits for it); and with a new leader, or
-    // none, read now, so that a failover is decided on the records as they are.
-    void this.publish(this.options.elector().status()).then(() => {
-      if (leaderChanged) void this.refresh();
+    // none, checked and read now, so that a failover is decided on positions as they are.
+    void this.publish(this.options.elector().status()).then(async () => {
+      if (!leaderChanged) return;
+      await this.refresh();
+      this.awaitFreshRecords();
     });
+  }
+
+  /** While the others' records predate the leader's going, reads them again every moment. */
+  private awaitFreshRecords(): void {
+    clearTimeout(this.freshnessTimer);
+    if (this.stopped || this.staleAfterLeaderGone().length === 0) return;
+    this.freshnessTimer = setTimeout(async () => {
+      await this.read();
+      void this.options.elector().reevaluate('records read');
+      this.awaitFreshRecords();
+    }, FRESHNESS_POLL_MS);
   }
 
   /** Runs the check and reads the records (in parallel), then publishes. False when the read failed. */
@@ -355,6 +401,7 @@ export class Member implements Gate {
     const argv = this.options.check;
     if (!argv) return;
     const status = this.options.elector().status();
+    const gone = this.gone;
     const result = await runCheck({
       argv,
       timeoutMs: this.options.checkTimeoutMs,
@@ -375,6 +422,7 @@ export class Member implements Gate {
     if (result.healthy) this.failingSince = null;
     else this.failingSince ??= monotonicMs();
     this.check = result;
+    if (gone) this.checkedSinceGone = gone.token;
   }
 
   private async read(): Promise<boolean> {
@@ -410,13 +458,15 @@ export class Member implements Gate {
       id: this.options.id,
       address: this.options.address,
       role: status.role,
-      candidate: status.inRace && this.handoverTo === null && ownVerdict(this.gateFacts()).ok,
+      // A member that cannot read the others' records cannot stand: it must not look as if it could.
+      candidate: status.inRace && this.handoverTo === null && !this.readFailed && ownVerdict(this.gateFacts()).ok,
       healthy: this.check.healthy,
       eligible: this.check.eligible,
       priority: this.options.priority,
       position: this.check.position,
       fencingToken: primary ? (status.leader?.fencingToken ?? null) : null,
       handoverTo: this.handoverTo,
+      leaderGone: this.checkedSinceGone,
       updatedAt: new Date().toISOString(),
     };
   }

@@ -31,6 +31,7 @@ const member = (id: string, position: bigint | null, more: Partial<MemberRecord>
   position,
   fencingToken: null,
   handoverTo: null,
+  leaderGone: null,
   updatedAt: '2026-11-24T12:00:00.000Z',
   ...more,
 });

@@ -1,4 +1,5 @@
 import { chmodSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { BACKENDS } from '../adapters/index.js';
 import { OPTIONS, envName, parseCommand, type Config } from '../src/config.js';
@@ -43,6 +44,16 @@ describe('configuration', () => {
     expect(config(['--check', 'c', '--check-timeout', '0.5']).member.checkTimeoutSeconds).toBe(0.5);
     expect(config([], { LEADERD_CHECK: 'c', LEADERD_MAX_LAG: '7' }).member.maxLag).toBe(7n);
     expect(config(['--config', yamlFile('check: [c, "--x"]\nmax-lag: 16\npriority: 3\n')]).member).toMatchObject({ check: ['c', '--x'], maxLag: 16n, priority: 3 });
+  });
+
+  it('reads examples/leaderd.yaml as it stands', () => {
+    const example = fileURLToPath(new URL('../examples/leaderd.yaml', import.meta.url));
+    // The token file it names lives on the deployed host: one of the test's stands in for it.
+    const token = scratchFile('admin-token');
+    writeFileSync(token, 'example-admin-token', { mode: 0o600 });
+    const c = config(['--config', example, '--admin-token-file', token]);
+    expect(c.backend).toBe('etcd');
+    expect(c.member).toMatchObject({ check: ['/etc/leaderd/pg-position'], maxLag: 16777216n, priority: 1 });
   });
 
   it('takes flags over environment over file over defaults', () => {
@@ -149,6 +160,7 @@ describe('configuration', () => {
     ['a max-lag in other units', ['--check', 'true', '--max-lag', '16MB'], {}, /^max-lag: must be a whole number, at least 0$/],
     ['a max-lag without a check to measure it', ['--max-lag', '100'], {}, /^max-lag: needs --check/],
     ['a check interval of zero', ['--check', 'true', '--check-interval', '0'], {}, /^check-interval: must be at least 0.01$/],
+    ['a primary that would step down on one failed check', ['--check', 'true', '--ttl', '6', '--unhealthy-after', '2'], {}, /^unhealthy-after: must be longer than check-interval \(2 s <= 2 s\): one failed check is not an outage$/],
     ['a missing config file', ['--config', '/nonexistent.yaml'], {}, /^config: cannot read \/nonexistent.yaml: ENOENT$/],
   ];
   for (const [what, argv, env, message] of refused) {

@@ -34,6 +34,12 @@ class Application {
     }
   }
 
+  /** Each check takes this long from now on. */
+  slow(seconds: number): void {
+    writeFileSync(`${this.file}.delay.tmp`, String(seconds));
+    renameSync(`${this.file}.delay.tmp`, `${this.file}.delay`);
+  }
+
   args(): string[] {
     return ['--check', `/bin/sh ${CHECK} ${this.file}`];
   }
@@ -111,6 +117,28 @@ export function failover(fixture: BackendFixture): void {
       expect(primary).toBe(c);
       expect(state.fencingToken!).toBeGreaterThan(token);
       expect(b!.logs.some(becamePrimary)).toBe(false);
+    });
+
+    it('a clean handover goes to the most up-to-date replica, even when its last record is older than the others\'', async () => {
+      const e = election();
+      // Checks (and so published positions) only every 5 s: the records lag the applications.
+      const slowly = ['--check-interval', '5', '--check-timeout', '4', '--unhealthy-after', '30'];
+      const [appB, appC] = [new Application(50), new Application(40)];
+      const a = await leading('a', e, new Application(100), slowly);
+      const [b, c] = await join(a, e, [
+        ['b', appB, slowly],
+        ['c', appC, slowly],
+      ]);
+      await waitForCluster(a, (body) => body.members.map((m) => m.position).join() === '100,50,40', electTimeout, 'the first positions');
+      // Both catch up, b further; b's check is slow, so c's record is news first.
+      appB.set(100);
+      appB.slow(1);
+      appC.set(90);
+      await a.stop();
+      const { primary } = await settled([b!, c!], failoverTimeout);
+
+      expect(primary).toBe(b);
+      expect(c!.logs.some(becamePrimary)).toBe(false);
     });
 
     it('--priority 0 never leads; at equal positions the higher priority does', async () => {

@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -423,18 +423,22 @@ describe('zookeeper: member records', () => {
     expect(['position d', 'position e']).toContain((await d.session.readCluster()).leaderPosition);
   });
 
-  it('foreign nodes under the records (another name, not ephemeral, a directory, oversize) are skipped with one warning each, and the election goes on', async () => {
+  it('foreign nodes under the records (another name, not ephemeral, a directory, oversize, unreadable) are skipped with one warning each, and the election goes on', async () => {
     const election = newElection();
     const dir = `${recordsOf(election)}/members`;
     const guid = () => randomBytes(16).toString('hex');
     const client = await zkClient(zk.connectString);
     try {
       await mkdirp(client, dir);
-      const foreign = [`${dir}/not-a-session`, `${dir}/${guid()}`, `${dir}/${guid()}`, `${dir}/${guid()}`];
+      const foreign = [`${dir}/not-a-session`, `${dir}/${guid()}`, `${dir}/${guid()}`, `${dir}/${guid()}`, `${dir}/${guid()}`];
       await client.create(foreign[0], 'another name', ZK.constants.ZOO_EPHEMERAL);
       await client.create(foreign[1], 'no session', ZK.constants.ZOO_PERSISTENT);
       await mkdirp(client, `${foreign[2]}/inside`);
       await client.create(foreign[3], 'x'.repeat(MAX_RECORD_BYTES + 1), ZK.constants.ZOO_EPHEMERAL);
+      // Readable by another identity only: every read of it is refused (ZNOAUTH).
+      await client.create(foreign[4], 'secret', ZK.constants.ZOO_EPHEMERAL);
+      const digest = createHash('sha1').update('someone-else:pw').digest('base64');
+      await client.set_acl(foreign[4], -1, [{ perms: ZK.constants.ZOO_PERM_ALL, scheme: 'digest', auth: `someone-else:${digest}` }]);
       const a = await member(election, 'a');
       await a.session.publishMember('record of a');
       const b = await member(election, 'b');
@@ -450,7 +454,7 @@ describe('zookeeper: member records', () => {
       // An oversize position is none.
       await client.create(`${recordsOf(election)}/leader-position`, 'p'.repeat(MAX_RECORD_BYTES + 1), ZK.constants.ZOO_PERSISTENT);
       expect((await a.session.readCluster()).leaderPosition).toBeNull();
-      expect(skipped()).toHaveLength(5);
+      expect(skipped()).toHaveLength(6);
 
       await a.session.campaign();
       expect(await until(() => a.views.at(-1)?.isSelf === true, 10000)).toBe(true);
