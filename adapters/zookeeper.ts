@@ -253,7 +253,7 @@ class ZookeeperSession implements Session {
     const member = async (name: string): Promise<string | null> => {
       const path = `${this.members}/${name}`;
       if (!MEMBER.test(name)) return this.skip(path, 'a node under the member records is not named by a session');
-      const found = await this.readRecord(path);
+      const found = await this.readRecord(path, { unreadableIsForeign: true });
       // Persistent, it is no session's: nothing would ever delete it.
       if (found?.stat.ephemeralOwner === '0') return this.skip(path, 'a node under the member records is not ephemeral');
       return found?.record ?? null;
@@ -318,7 +318,12 @@ class ZookeeperSession implements Session {
   }
 
   /** A record node as found; null when it is gone (since the listing, for a member) or too large. */
-  private async readRecord(path: string): Promise<{ stat: Stat; record: string } | null> {
+  /**
+   * `unreadableIsForeign`: a member node whose ACL keeps us from reading it is not leaderd's record
+   * (skipped, never a reason for every member to stop reading the others). Not so the position:
+   * taken for none, it would turn --max-lag off.
+   */
+  private async readRecord(path: string, { unreadableIsForeign = false } = {}): Promise<{ stat: Stat; record: string } | null> {
     let stat: Stat;
     let data: Buffer | null;
     try {
@@ -326,9 +331,7 @@ class ZookeeperSession implements Session {
     } catch (error) {
       const code = errorCode(error);
       if (code === this.constants.ZNONODE) return null;
-      // A node whose ACL keeps us from reading it is not leaderd's record: skipped, never a
-      // reason for every member to stop reading the others.
-      if (code === this.constants.ZNOAUTH) return this.skip(path, 'a record cannot be read: its ACL forbids it');
+      if (unreadableIsForeign && code === this.constants.ZNOAUTH) return this.skip(path, 'a record cannot be read: its ACL forbids it');
       throw error;
     }
     if (data && data.length > MAX_RECORD_BYTES) return this.skip(path, `a record is larger than ${MAX_RECORD_BYTES} bytes`);

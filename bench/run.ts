@@ -1,12 +1,13 @@
 /**
  * The benchmark: `npm run bench`. Per backend, on loopback, side by side with the peer tools on
  * the same servers in the same run: graceful handover, crash failover, footprint, HTTP, and the
- * load leaderd puts on the coordination service. Prints a report and writes it to
- * bench/results/<date>.md. BENCH_ROUNDS sets the handover rounds (default 20); BENCH_ONLY picks
- * sections.
+ * load leaderd puts on the coordination service (without a --check, and with one whose position
+ * stays or moves). Prints a report and writes it to bench/results/<date>.md; a run of one section
+ * on every backend (BENCH_ONLY=load) to bench/results/<section>-<date>.md. BENCH_ROUNDS sets the
+ * handover rounds (default 20); BENCH_ONLY picks sections.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -270,42 +271,123 @@ async function served(servers: Servers, backend: Exclude<BackendName, 'local'>):
   }
 }
 
-interface Load {
-  idlePerSidecar: number;
-  /** Requests caused by one leader change, by candidate count. */
-  perChange: Map<number, number>;
+/**
+ * The operations of leaderd's core (src/elector.ts); the adapters' own operations (`put`, `get`,
+ * `readCluster`, ...) are requests made inside one of these, or on their own (watches, listings).
+ */
+const CORE_OPERATIONS = new Set(['open', 'renew', 'campaign', 'withdraw', 'close', 'publish member', 'publish position', 'read cluster']);
+
+/** leaderd's own count of its requests to the service (leaderd_backend_request_duration_seconds_count), by operation, summed over `group`. */
+async function requestsByOperation(group: readonly Sidecar[]): Promise<Map<string, number>> {
+  const total = new Map<string, number>();
+  const texts = await Promise.all(group.map(async (s) => (await s.fetch('/metrics')).text()));
+  for (const text of texts) {
+    for (const line of text.split('\n')) {
+      const sample = /^leaderd_backend_request_duration_seconds_count\{([^}]*)\} (\S+)$/.exec(line);
+      const operation = sample && /(?:^|,)operation="([^"]*)"/.exec(sample[1]!)?.[1];
+      if (!sample || operation === undefined || operation === null) continue;
+      total.set(operation, (total.get(operation) ?? 0) + Number(sample[2]));
+    }
+  }
+  return total;
 }
 
-async function backendLoad(servers: Servers, backend: Exclude<BackendName, 'local'>, sizes: number[]): Promise<Load> {
-  const load: Load = { idlePerSidecar: 0, perChange: new Map() };
+function difference(after: Map<string, number>, before: Map<string, number>): Map<string, number> {
+  return new Map([...after].map(([operation, count]) => [operation, count - (before.get(operation) ?? 0)]));
+}
+
+const coreTotal = (counts: Map<string, number>) => [...counts].filter(([op]) => CORE_OPERATIONS.has(op)).reduce((sum, [, n]) => sum + n, 0);
+
+interface LoadAtSize {
+  /** Requests per second per sidecar, idle, by the server's own count; null on local (no server). */
+  idleServed: number | null;
+  /** Requests per second per sidecar, idle, by leaderd's own count, by operation. */
+  idleByOperation: Map<string, number>;
+  /** Requests caused by one leader change: the server's count, or on local leaderd's (core operations). */
+  perChange: number;
+  /** Check runs per second per sidecar, idle. */
+  checkRuns: number;
+  /** leaderd's own count of the requests the surviving candidates made for one leader change, idle traffic included, by operation. */
+  changeByOperation: Map<string, number>;
+  /** From the SIGTERM until every survivor named the new leader. */
+  changeSeconds: number;
+}
+
+type Load = Map<number, LoadAtSize>;
+
+async function checkRuns(group: readonly Sidecar[]): Promise<number> {
+  const texts = await Promise.all(group.map(async (s) => (await s.fetch('/metrics')).text()));
+  return texts.reduce((sum, text) => sum + Number(/^leaderd_check_runs_total(?:\{[^}]*\})? (\S+)$/m.exec(text)?.[1] ?? 0), 0);
+}
+
+async function backendLoad(servers: Servers, backend: BackendName, sizes: number[], extra: readonly string[] = []): Promise<Load> {
+  const load: Load = new Map();
+  const count = backend === 'local' ? null : () => served(servers, backend);
   for (const size of sizes) {
     const election = `bench-load-${size}-${Date.now().toString(36)}`;
     const group: Sidecar[] = [];
     try {
       for (let i = 0; i < size; i += 10) {
-        group.push(...(await Promise.all(Array.from({ length: Math.min(10, size - i) }, (_, j) => Sidecar.start(`bench-l${i + j}`, leaderdArgs(servers, backend, election))))));
+        group.push(
+          ...(await Promise.all(Array.from({ length: Math.min(10, size - i) }, (_, j) => Sidecar.start(`bench-l${i + j}`, [...leaderdArgs(servers, backend, election), ...extra])))),
+        );
       }
-      const settledOn = async (members: Sidecar[], notLeader?: string) => {
-        const primary = await Promise.any(members.map((s) => s.waitForState((r) => r.role === 'primary' && r.id !== notLeader, 60000, 'primary')));
-        await Promise.all(members.map((s) => s.waitForState((r) => r.leader?.id === primary.id, 60000, `following ${primary.id}`)));
-        return primary.id;
+      // Settled: every member names the same leader (not `notLeader`), in the same term, and it says it is primary.
+      const settledOn = async (members: Sidecar[], notLeader?: string): Promise<{ id: string; fencingToken: number }> => {
+        let last = '';
+        for (const deadline = monotonicNow() + 60000; monotonicNow() < deadline; await sleep(100)) {
+          const roles = await Promise.all(members.map((s) => s.role()));
+          const leader = roles[0]!.leader;
+          const token = roles[0]!.fencingToken;
+          last = JSON.stringify(roles.map((r) => [r.id, r.role, r.leader?.id, r.fencingToken]));
+          if (!leader || leader.id === notLeader || token === null) continue;
+          if (!roles.every((r) => r.leader?.id === leader.id && r.fencingToken === token)) continue;
+          if (roles.find((r) => r.id === leader.id)?.role === 'primary') return { id: leader.id, fencingToken: token };
+        }
+        throw new Error(`${backend}, ${size} sidecars: no leader every member names within 60 s (${last})`);
       };
-      const leader = await settledOn(group);
-      // Idle: every sidecar renewing and watching, nothing changing.
+      const first = await settledOn(group);
+      const leader = first.id;
+      // Let the start settle: every member's first records written and read, a check run or two.
+      await sleep(5000);
+      // Idle: every sidecar renewing, watching, checking and reading the records, nothing changing.
       const idleSeconds = 20;
-      const before = await served(servers, backend);
+      const [before, opsBefore, runsBefore] = await Promise.all([count?.() ?? 0, requestsByOperation(group), checkRuns(group)]);
+      const idleStart = monotonicNow();
       await sleep(idleSeconds * 1000);
-      const idleRate = (await served(servers, backend)) - before;
-      if (size === sizes[0]) load.idlePerSidecar = idleRate / idleSeconds / size;
+      const [after, opsAfter, runsAfter] = await Promise.all([count?.() ?? 0, requestsByOperation(group), checkRuns(group)]);
+      const idleElapsed = (monotonicNow() - idleStart) / 1000;
+      // An idle election keeps its leader and term; one that did not was not idle.
+      const still = await settledOn(group);
+      if (still.id !== leader || still.fencingToken !== first.fencingToken) throw new Error(`${backend}, ${size} sidecars${extra.length ? `, ${extra.join(' ')}` : ''}: the leader changed while idle (${leader} → ${still.id})`);
+      const idleOps = difference(opsAfter, opsBefore);
+      const idleRate = count ? (after - before) / idleElapsed : coreTotal(idleOps) / idleElapsed;
       // One leader change: the primary stops gracefully; every other sidecar learns the new leader.
-      const changeStart = await served(servers, backend);
-      const startedAt = monotonicNow();
       const old = group.find((s) => s.id === leader)!;
+      const rest = group.filter((s) => s !== old);
+      const [changeStart, opsChangeStart] = await Promise.all([count?.() ?? 0, requestsByOperation(rest)]);
+      const startedAt = monotonicNow();
       await old.stop();
-      await settledOn(group.filter((s) => s !== old), leader);
+      await settledOn(rest, leader);
       const seconds = (monotonicNow() - startedAt) / 1000;
-      const caused = (await served(servers, backend)) - changeStart - (idleRate / idleSeconds) * seconds;
-      load.perChange.set(size, Math.max(0, caused));
+      // On local there is no server: the survivors' own count (the old primary's release is not in it).
+      const [servedAtEnd, opsChangeEnd] = await Promise.all([count?.() ?? 0, requestsByOperation(rest)]);
+      const changeOps = difference(opsChangeEnd, opsChangeStart);
+      const changeEnd = count ? servedAtEnd : coreTotal(changeOps);
+      const caused = changeEnd - (count ? changeStart : 0) - idleRate * (count ? 1 : (size - 1) / size) * seconds;
+      load.set(size, {
+        idleServed: count ? idleRate / size : null,
+        idleByOperation: new Map([...idleOps].map(([op, n]) => [op, n / idleElapsed / size])),
+        perChange: Math.max(0, caused),
+        checkRuns: (runsAfter - runsBefore) / idleElapsed / size,
+        changeByOperation: changeOps,
+        changeSeconds: seconds,
+      });
+    } catch (error) {
+      // What the sidecars said, for the post-mortem.
+      const file = writeReport(`load-failure-${backend}-${size}.log`, group.map((s) => s.logs.map((l) => `${s.id} ${JSON.stringify(l)}`).join('\n')).join('\n'), false);
+      const cause = (error as Error & { cause?: unknown }).cause;
+      throw new Error(`${(error as Error).message}${cause ? ` (${String(cause)})` : ''} (sidecar logs: ${file})`, { cause: error });
     } finally {
       await Promise.all(group.map((s) => s.stop()));
     }
@@ -320,7 +402,28 @@ async function startServers(): Promise<Servers> {
   const consulBinary = ensureConsulInstalled();
   // leaderd's default ttl is 10 s: allow ZooKeeper sessions that long (the harness's default caps them at 4 s).
   const [etcd, zookeeper, consul] = await Promise.all([EtcdServer.start(), ZookeeperServer.start({ maxSessionTimeoutMs: 20000 }), ConsulCluster.start(1)]);
+  await raiseConsulConnectionLimit(consul);
   return { etcd, zookeeper, consul, consulBinary, localDir: mkdtempSync(join(tmpdir(), 'leaderd-bench-local-')) };
+}
+
+/**
+ * The load section runs 50 sidecars against one Consul agent, all from 127.0.0.1. Each holds
+ * about 4 connections to it (its lock's blocking query, and its pool for renewals, checks and the
+ * member records), so together they reach Consul's default limit of 200 connections per client
+ * address (`limits.http_max_conns_per_client`), and Consul closes every connection beyond it, the
+ * benchmark's own count included. In a deployment each host's sidecar talks to its own agent.
+ * The harness writes the server's config file; the limit is raised in it and reloaded.
+ */
+async function raiseConsulConnectionLimit(consul: ConsulCluster): Promise<void> {
+  const file = join((consul as unknown as { dir: string }).dir, 'config.json');
+  const config = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  writeFileSync(file, JSON.stringify({ ...config, limits: { http_max_conns_per_client: 1000 } }));
+  await Promise.all(
+    consul.members.map(async (m) => {
+      const answer = await fetch(`${m.httpAddr}/v1/agent/reload`, { method: 'PUT' });
+      if (!answer.ok) throw new Error(`consul reload: ${answer.status} ${await answer.text()}`);
+    }),
+  );
 }
 
 type Out = (line?: string) => void;
@@ -405,17 +508,99 @@ async function httpSection(servers: Servers, _arrivals: Arrivals, out: Out): Pro
   out();
 }
 
+/** The checks the load is measured with: none (the default), and two tiny scripts. */
+function checkVariants(): Array<{ label: string; extra: string[] }> {
+  const folder = mkdtempSync(join(tmpdir(), 'leaderd-bench-check-'));
+  const script = (name: string, body: string) => {
+    const file = join(folder, name);
+    writeFileSync(file, `#!/bin/sh\n${body}\n`);
+    chmodSync(file, 0o755);
+    return file;
+  };
+  // A position that never moves: after the first write, nothing in a member record changes.
+  const constant = script('constant.sh', `echo '{"position": 1}'`);
+  // Every member caught up with a position that moves on every run (milliseconds since the epoch).
+  const moving = script('moving.sh', `echo "{\\"position\\": $(date +%s%3N)}"`);
+  return [
+    { label: 'no check', extra: [] },
+    { label: 'check, constant position', extra: ['--check', constant] },
+    { label: 'check, moving position', extra: ['--check', moving] },
+  ];
+}
+
+const rate = (v: number) => (v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2));
+
 async function loadSection(servers: Servers, _arrivals: Arrivals, out: Out): Promise<void> {
+  const sizes = [10, 50];
+  const variants = checkVariants();
   out('## Load on the coordination service');
   out();
-  out("Counted by the server itself: etcd's gRPC messages received, ZooKeeper's packets received (`mntr`), Consul's completed HTTP requests. Idle: per sidecar, 10 sidecars, ttl 10 s. A leader change: the primary stops gracefully, until every other candidate names the new leader; idle traffic subtracted.");
+  out(
+    "Counted by the server itself: etcd's gRPC messages received, ZooKeeper's packets received (`mntr`), Consul's completed HTTP requests; local has no server, so its numbers are leaderd's own count of its requests (`leaderd_backend_request_duration_seconds_count`, the core's operations). Idle: requests per second per sidecar, over 20 s, 10 and 50 sidecars in one election, ttl 10 s, 5 s after every member named the leader. A leader change: the primary stops gracefully, until every other candidate names the new leader; idle traffic subtracted. Each with no `--check`, with a check that always prints `{\"position\": 1}`, and with one whose position moves on every run (every member caught up: the time in ms). The check runs every check interval: a third of the lease, 3.3 s (Consul: a third of the check ttl, 1 s). All sidecars share one Consul agent, whose limit of connections per client address is raised from 200 to 1000 for this (50 sidecars hold about 200).",
+  );
   out();
-  out('| backend | idle req/s per sidecar | requests per leader change, 10 candidates | 50 candidates |');
-  out('|---|---|---|---|');
+  out('| backend | check | idle req/s per sidecar, 10 sidecars | 50 sidecars | requests per leader change, 10 candidates | 50 candidates | check runs/s per sidecar |');
+  out('|---|---|---|---|---|---|---|');
+  const byOperation: Array<{ backend: BackendName; loads: Load[] }> = [];
   for (const backend of BACKENDS) {
-    if (backend === 'local') continue;
-    const load = await backendLoad(servers, backend, [10, 50]);
-    out(`| ${backend} | ${load.idlePerSidecar.toFixed(2)} | ${Math.round(load.perChange.get(10)!)} | ${Math.round(load.perChange.get(50)!)} |`);
+    const loads: Load[] = [];
+    for (const { label, extra } of variants) {
+      const load = await backendLoad(servers, backend, sizes, extra);
+      loads.push(load);
+      const idle = (size: number) => {
+        const at = load.get(size)!;
+        return at.idleServed === null ? `${rate(coreTotal(at.idleByOperation))} †` : rate(at.idleServed);
+      };
+      const change = (size: number) => `${Math.round(load.get(size)!.perChange)}${backend === 'local' ? ' †' : ''}`;
+      out(`| ${backend} | ${label} | ${idle(10)} | ${idle(50)} | ${change(10)} | ${change(50)} | ${rate(load.get(10)!.checkRuns)} |`);
+    }
+    byOperation.push({ backend, loads });
+    // Progress, and the raw counts should a later backend fail.
+    console.error(JSON.stringify({ backend, loads: loads.map((l) => Object.fromEntries([...l].map(([n, at]) => [n, { ...at, idleByOperation: Object.fromEntries(at.idleByOperation), changeByOperation: Object.fromEntries(at.changeByOperation) }]))) }));
+  }
+  out();
+  out("† leaderd's own count (local has no server to count).");
+  out();
+  for (const size of sizes) {
+    out(`### By operation: leaderd's own count, idle, ${size} sidecars`);
+    out();
+    out(
+      "Requests per second per sidecar, from `leaderd_backend_request_duration_seconds_count` on every sidecar's `/metrics`. The core's operations (`renew`, `read cluster`, `publish member`, `publish position`, ...) contain the adapter's own requests (`range records`, `put`, `get`, `readCluster`, `publishMember`, `read`, `write`, ...), which are listed too: one core operation can be several requests to the service.",
+    );
+    out();
+    out(`| backend | operation | ${variants.map((v) => v.label).join(' | ')} |`);
+    out(`|---|---|${variants.map(() => '---|').join('')}`);
+    for (const { backend, loads } of byOperation) {
+      const operations = [...new Set(loads.flatMap((l) => [...l.get(size)!.idleByOperation].filter(([, n]) => n > 0).map(([op]) => op)))].sort(
+        (a, b) => Number(CORE_OPERATIONS.has(b)) - Number(CORE_OPERATIONS.has(a)) || a.localeCompare(b),
+      );
+      for (const op of operations) {
+        const cells = loads.map((l) => rate(l.get(size)!.idleByOperation.get(op) ?? 0));
+        out(`| ${backend} | ${CORE_OPERATIONS.has(op) ? `**${op}**` : op} | ${cells.join(' | ')} |`);
+      }
+      const totals = loads.map((l) => `**${rate(coreTotal(l.get(size)!.idleByOperation))}**`);
+      out(`| ${backend} | all core operations | ${totals.join(' | ')} |`);
+    }
+    out();
+  }
+  out("### By operation: one leader change, leaderd's own count");
+  out();
+  out(
+    "Requests the surviving candidates made from the primary's SIGTERM until every one of them named the new leader (idle traffic not subtracted; the old primary's own release is not in it), summed over them, by operation: without a check / constant position / moving position.",
+  );
+  out();
+  out(`| backend | operation | ${sizes.map((n) => `${n} candidates`).join(' | ')} |`);
+  out(`|---|---|${sizes.map(() => '---|').join('')}`);
+  for (const { backend, loads } of byOperation) {
+    const operations = [...new Set(loads.flatMap((l) => sizes.flatMap((n) => [...l.get(n)!.changeByOperation].filter(([, c]) => c > 0).map(([op]) => op))))].sort(
+      (a, b) => Number(CORE_OPERATIONS.has(b)) - Number(CORE_OPERATIONS.has(a)) || a.localeCompare(b),
+    );
+    for (const op of operations) {
+      const cells = sizes.map((n) => loads.map((l) => String(l.get(n)!.changeByOperation.get(op) ?? 0)).join(' / '));
+      out(`| ${backend} | ${CORE_OPERATIONS.has(op) ? `**${op}**` : op} | ${cells.join(' | ')} |`);
+    }
+    const took = sizes.map((n) => loads.map((l) => `${l.get(n)!.changeSeconds.toFixed(1)} s`).join(' / '));
+    out(`| ${backend} | time to settle | ${took.join(' | ')} |`);
   }
   out();
 }
@@ -427,6 +612,7 @@ async function main(): Promise<void> {
   if (unknown.length) throw new Error(`BENCH_ONLY: no section ${unknown.join(', ')}; the sections are ${Object.keys(SECTIONS).join(', ')}`);
   const unknownBackends = (process.env.BENCH_BACKENDS ?? '').split(',').filter((b) => b && !(ALL_BACKENDS as readonly string[]).includes(b));
   if (unknownBackends.length) throw new Error(`BENCH_BACKENDS: no backend ${unknownBackends.join(', ')}; the backends are ${ALL_BACKENDS.join(', ')}`);
+  const builtBefore = distFingerprint();
   const servers = await startServers();
   const arrivals = await Arrivals.start();
   const lines: string[] = [];
@@ -440,13 +626,33 @@ async function main(): Promise<void> {
     out(`Machine: ${machine()}. Servers on loopback: etcd ${version('etcd')}, ZooKeeper 3.8 (Debian), Consul 1.8.7 (one server). leaderd at its defaults (ttl 10 s; Consul check ttl 3 s) unless a row says otherwise.`);
     out();
     for (const [name, section] of Object.entries(SECTIONS)) if (ONLY.has(name)) await section(servers, arrivals, out);
+    // The sidecars run dist/: one rebuilt during the run measured two versions of leaderd.
+    if (distFingerprint() !== builtBefore) out('**dist/ was rebuilt during this run: some rows measured another build. Run it again.**');
   } finally {
     await arrivals.close();
     await Sidecar.killAll();
     await Promise.all([servers.etcd.stop(), servers.zookeeper.stop(), servers.consul.stop()]);
   }
-  const whole = ONLY.size === Object.keys(SECTIONS).length && BACKENDS.length === ALL_BACKENDS.length;
-  console.error(`written to ${writeReport(`${today()}.md`, `${lines.join('\n')}\n`, whole)}`);
+  const everyBackend = BACKENDS.length === ALL_BACKENDS.length;
+  const whole = ONLY.size === Object.keys(SECTIONS).length && everyBackend;
+  // One section on every backend is that section's whole result: bench/results/<section>-<date>.md.
+  const section = ONLY.size === 1 && !whole ? [...ONLY][0]! : null;
+  const name = section ? `${section}-${today()}.md` : `${today()}.md`;
+  console.error(`written to ${writeReport(name, `${lines.join('\n')}\n`, whole || (section !== null && everyBackend))}`);
+}
+
+/** The newest modification time and the total size of the files under dist/, which the sidecars run. */
+function distFingerprint(): string {
+  const root = fileURLToPath(new URL('../dist/', import.meta.url));
+  let newest = 0;
+  let bytes = 0;
+  for (const entry of readdirSync(root, { recursive: true, withFileTypes: true })) {
+    if (!entry.isFile()) continue;
+    const stat = statSync(join(entry.parentPath, entry.name));
+    newest = Math.max(newest, stat.mtimeMs);
+    bytes += stat.size;
+  }
+  return `${newest}/${bytes}`;
 }
 
 function version(binary: string): string {

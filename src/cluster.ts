@@ -76,7 +76,7 @@ const memberSchema = z.object({
   position: positionText.nullable(),
   fencingToken: z.number().int().nonnegative().nullable(),
   handoverTo: z.string().refine(isCandidateName).nullable(),
-  leaderGone: z.number().int().nonnegative().nullable(),
+  leaderGone: z.number().int().nonnegative().nullable().default(null),
   updatedAt: z.string().max(64),
 });
 

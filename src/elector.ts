@@ -121,6 +121,8 @@ interface Published {
   role: Role;
   leader: Leader | null;
   connected: boolean;
+  /** In the race (Status.inRace): listeners hear when it changes too (member records show it). */
+  inRace: boolean;
   since: Date;
 }
 
@@ -145,7 +147,7 @@ export class Elector {
   private alignment: Promise<void> | null = null;
   private lastTickAt = monotonicMs();
   private lastAnnouncedLeader: Leader | null = null;
-  private published: Published = { role: 'unknown', leader: null, connected: false, since: new Date() };
+  private published: Published = { role: 'unknown', leader: null, connected: false, inRace: true, since: new Date() };
   private readonly listeners: ElectorListener[] = [];
   private resignations = 0;
   private loopTimer: NodeJS.Timeout | undefined;
@@ -280,9 +282,14 @@ export class Elector {
 
   /** Whether this node stands for leadership now: in the race, and let by the gate. */
   private get campaigning(): boolean {
+    return this.standsWith(this.published.leader);
+  }
+
+  /** Whether this node stands while `leader` leads (as this node last announced it). */
+  private standsWith(leader: Leader | null): boolean {
     const { gate } = this.options;
     if (!this.inRace || this.phase !== 'running') return false;
-    return gate ? gate.allows(this.published.role === 'primary', this.published.leader) : true;
+    return gate ? gate.allows(this.published.role === 'primary', leader) : true;
   }
 
   /** This session's candidacy leads, and its term is spent. */
@@ -554,7 +561,8 @@ export class Elector {
     }
     const view = this.attempt?.view ?? NO_VIEW;
     const connected = this.session !== null && this.phase === 'running';
-    const campaigning = this.campaigning;
+    // With its own candidacy first, nobody else leads: not the leader announced before it.
+    const campaigning = view.isSelf ? this.standsWith(null) : this.campaigning;
     let role: Role = connected ? 'replica' : 'unknown';
     let leader = connected ? view.leader : null;
     if (connected && view.isSelf && view.leader) {
@@ -580,10 +588,11 @@ export class Elector {
   private publish(role: Role, leader: Leader | null, connected: boolean, reason: string): void {
     const before = this.published;
     const termChanged = !sameLeader(before.leader, leader);
-    if (before.role === role && !termChanged && before.connected === connected) return;
+    const inRace = this.inRace && this.phase === 'running';
+    if (before.role === role && !termChanged && before.connected === connected && before.inRace === inRace) return;
 
     const since = before.role === role ? before.since : new Date();
-    this.published = { role, leader, connected, since };
+    this.published = { role, leader, connected, inRace, since };
     const transitions: Transition[] = [];
     if (before.role === 'primary' && (role !== 'primary' || termChanged)) {
       transitions.push({ event: 'demote', role, leader: before.leader, reason });

@@ -7,9 +7,10 @@
  * changes, and the elector asks it once more, with a fresh check and a fresh read, before this
  * node is promoted (Gate.confirm). The rule itself is `mayTakeLeadership` in cluster.ts.
  *
- * Nobody stands while someone else leads: the question of who comes next is asked when the
- * leader is gone, so replicas whose positions move do not join and leave the backend's queue all
- * the time. Positions are published at most once per check interval, so when the leader goes,
+ * A member with a check does not stand while someone else leads: the question of who comes next
+ * is asked when the leader is gone, so replicas whose positions move do not join and leave the
+ * backend's queue all the time. (A member without one keeps its place in the queue, as without a
+ * gate: see standsBehindLeader.) Positions are published at most once per check interval, so when the leader goes,
  * every member checks and publishes its position at once (its record then names the leader that
  * went, `leaderGone`), and compares itself only with records published since, waiting for them
  * up to one check interval: else a replica further behind, checked later, would win over a
@@ -151,7 +152,10 @@ export class Member implements Gate {
           this.publishedRecord = null;
           void this.refresh();
         }),
-      change: (status) => setImmediate(() => this.statusChanged(status)),
+      change: (status) => {
+        const leaderChanged = this.noteLeader(status);
+        setImmediate(() => this.statusChanged(status, leaderChanged));
+      },
     });
     const tick = async () => {
       if (this.stopped) return;
@@ -171,7 +175,7 @@ export class Member implements Gate {
 
   allows(leading: boolean, leader: Leader | null): boolean {
     // Following a live leader is the normal state of a replica, not news for the log.
-    if (!leading && leader !== null) return false;
+    if (!leading && leader !== null) return this.standsBehindLeader();
     const verdict = leading ? this.mayKeepLeading() : this.mayStand();
     const refusal = verdict.ok ? '' : verdict.reason.replace(/[0-9]+/g, 'N');
     if (refusal !== this.lastRefusal) {
@@ -192,21 +196,42 @@ export class Member implements Gate {
     return false;
   }
 
+  /**
+   * Whether this node keeps its place in the backend's queue while someone else leads. A member
+   * without a check does: its own facts never move, so standing costs no churn, the next in line
+   * takes over as without a gate (no extra read, no new candidacy, the backend's order kept), and
+   * the comparison with the others is made once, at the front (confirm). A member with a check
+   * stands only once the leader has gone, on a position checked since.
+   */
+  private standsBehindLeader(): boolean {
+    if (this.options.check !== null || this.handoverTo !== null) return false;
+    if (monotonicMs() < this.steppedBackUntil) return false;
+    return ownVerdict(this.gateFacts()).ok;
+  }
+
   /** Whether this node may stand while nobody leads. */
   private mayStand(): Verdict {
     if (this.handoverTo !== null) return { ok: false, reason: `switching over to ${this.handoverTo}` };
     if (monotonicMs() < this.steppedBackUntil) return { ok: false, reason: 'stepped back: waiting for the next check' };
     if (this.readFailed) return { ok: false, reason: 'the member records cannot be read' };
-    const stale = this.staleAfterLeaderGone();
+    // A switchover's candidate does not compare positions: nothing to wait for.
+    const named = this.others.some((m) => m.handoverTo === this.options.id);
+    const stale = named ? [] : this.staleAfterLeaderGone();
     if (stale.length > 0) return { ok: false, reason: `waiting for the positions of ${stale.join(', ')} since the leader went` };
     return mayTakeLeadership(this.gateFacts());
   }
 
-  /** Members that could lead whose records predate the leader's going, while it is worth waiting for them. */
+  /**
+   * Members that might lead whose records predate the leader's going, while it is worth waiting
+   * for them. Not only those whose record says `candidate`: that is as old as its position. Not
+   * those healthy without a position (no check, or one that reports none): checked again, they
+   * still have none, and nobody is behind them.
+   */
   private staleAfterLeaderGone(): string[] {
     const gone = this.gone;
-    if (!gone || monotonicMs() - gone.at >= this.options.checkIntervalMs) return [];
-    return this.others.filter((m) => m.candidate && m.role !== 'primary' && (m.leaderGone ?? -1) < gone.token).map((m) => m.id);
+    if (!gone || !this.goneWindowOpen()) return [];
+    const mayMove = (m: MemberRecord) => m.position !== null || !m.healthy;
+    return this.others.filter((m) => m.role !== 'primary' && m.priority > 0 && mayMove(m) && (m.leaderGone ?? -1) < gone.token).map((m) => m.id);
   }
 
   private mayKeepLeading(): Verdict {
@@ -354,22 +379,39 @@ export class Member implements Gate {
 
   // --- the loop ---
 
-  private statusChanged(status: Status): void {
+  /**
+   * Notes a leader that went, at once (not deferred: a look at whether to stand may come before
+   * the deferred work). Only within one session: a session of our own that ended also shows no
+   * leader, while the leader lives on. A leader that goes within a check interval of the one
+   * before (a first in line that stepped back, say) keeps the window open, not restarted.
+   */
+  private noteLeader(status: Status): boolean {
+    // A session's first look may come before it has seen anyone lead: a leader seen in an earlier
+    // session has not gone for that.
+    if (!status.connected) {
+      this.lastLeader = null;
+      return false;
+    }
     const before = this.lastLeader;
     const leader = status.leader;
-    const leaderChanged = before?.id !== leader?.id || before?.fencingToken !== leader?.fencingToken;
     this.lastLeader = leader;
-    if (leader) this.gone = null;
-    else if (before) {
-      this.gone = { token: before.fencingToken, at: monotonicMs() };
-      // Without a check there is no position to bring up to date.
-      if (!this.options.check) this.checkedSinceGone = before.fencingToken;
-    }
+    // (A member without a check has no position to bring up to date, and nobody waits for it.)
+    if (before && !leader && !this.goneWindowOpen()) this.gone = { token: before.fencingToken, at: monotonicMs() };
+    return before?.id !== leader?.id || before?.fencingToken !== leader?.fencingToken;
+  }
+
+  private goneWindowOpen(): boolean {
+    return this.gone !== null && monotonicMs() - this.gone.at < this.options.checkIntervalMs;
+  }
+
+  private statusChanged(status: Status, leaderChanged: boolean): void {
     if (!status.connected) return;
     // Published at once (a new role is news, a switchover waits for it); and with a new leader, or
     // none, checked and read now, so that a failover is decided on positions as they are.
     void this.publish(this.options.elector().status()).then(async () => {
-      if (!leaderChanged) return;
+      // Without a check there is nothing to bring up to date: the front of the queue reads the
+      // records before it is promoted, and the others need not all read them at once.
+      if (!leaderChanged || !this.options.check) return;
       await this.refresh();
       this.awaitFreshRecords();
     });
@@ -422,7 +464,8 @@ export class Member implements Gate {
     if (result.healthy) this.failingSince = null;
     else this.failingSince ??= monotonicMs();
     this.check = result;
-    if (gone) this.checkedSinceGone = gone.token;
+    // Credited only to the window the check started in.
+    if (gone && this.gone === gone) this.checkedSinceGone = gone.token;
   }
 
   private async read(): Promise<boolean> {

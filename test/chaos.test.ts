@@ -1,6 +1,7 @@
 /**
  * The chaos suite, short version: every fault once, on every backend, on one server and on a
- * 3-server cluster, each against three sidecars. The long, randomised version is `npm run chaos`.
+ * 3-server cluster, each against three sidecars whose checks report moving positions. The long,
+ * randomised version is `npm run chaos`.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { serverCount, startDeployment, type BackendName, type Topology } from './chaos/deployments.js';
@@ -32,10 +33,14 @@ for (const [backend, topology] of WORLDS) {
     }, 60000);
 
     for (const fault of FAULTS.filter((f) => f.applies(serverCount(backend, topology)))) {
-      it(`${fault.description}: never two primaries, tokens grow, a primary is back within the bound`, async () => {
+      it(`${fault.kind}, ${fault.description}: never two primaries, tokens grow, a primary is back within the bound`, async () => {
         const trial = await runTrial(world, fault, rng);
-        expect(trial.violations).toEqual([]);
-        expect(trial.lost).toEqual([]);
+        // Where the nodes' logs and the hook log went, for a post-mortem of a failed trial.
+        const logs = trial.violations.length + trial.lost.length + trial.problems.length > 0 ? `the nodes' logs: ${world.dumpLogs()}` : '';
+        if (trial.notes.length) console.warn(`${backend} ${topology} ${fault.kind}: ${trial.notes.join('; ')} (the nodes' logs: ${world.dumpLogs()})`);
+        expect(trial.violations, logs).toEqual([]);
+        expect(trial.lost, logs).toEqual([]);
+        expect(trial.problems, logs).toEqual([]);
         expect(trial.recoveryMs).toBeLessThan(trial.boundMs);
       }, 180000);
     }

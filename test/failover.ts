@@ -119,7 +119,7 @@ export function failover(fixture: BackendFixture): void {
       expect(b!.logs.some(becamePrimary)).toBe(false);
     });
 
-    it('a clean handover goes to the most up-to-date replica, even when its last record is older than the others\'', async () => {
+    it('a clean handover goes to the most up-to-date replica, even when its last record is older than the others\' (and it lost its own session before)', async () => {
       const e = election();
       // Checks (and so published positions) only every 5 s: the records lag the applications.
       const slowly = ['--check-interval', '5', '--check-timeout', '4', '--unhealthy-after', '30'];
@@ -130,6 +130,13 @@ export function failover(fixture: BackendFixture): void {
         ['c', appC, slowly],
       ]);
       await waitForCluster(a, (body) => body.members.map((m) => m.position).join() === '100,50,40', electTimeout, 'the first positions');
+      // b loses its own session for a while (frozen past its lease): that is not the leader going.
+      b!.signal('SIGSTOP');
+      // Its session has ended when its record is gone.
+      await waitForCluster(a, (body) => !body.members.some((m) => m.id === 'b'), failoverTimeout, "b's record gone");
+      b!.signal('SIGCONT');
+      await b!.waitForLog((l) => l.msg === 'session opened', electTimeout, 'a new session', 2);
+      await b!.waitForState((s) => s.role === 'replica' && s.leader?.id === 'a', electTimeout, 'replica of a again');
       // Both catch up, b further; b's check is slow, so c's record is news first.
       appB.set(100);
       appB.slow(1);

@@ -4,8 +4,21 @@
  * records (when each hook started, and when it finished) into one log that the harness also
  * writes what it did to them (killed, frozen, thawed).
  * A trial injects one fault, waits until the election has settled again, and checks the log.
+ *
+ * Every sidecar runs with a `--check` (test/fixtures/check.sh) that stands in for a replicated
+ * application: it reports the node's position, which the world moves on a timer for the world's
+ * whole life (so during every fault), and its health, which a fault may take away. The positions
+ * model replication: the node the world last settled on as primary writes (its position is the
+ * head and grows while its process runs, frozen or cut off too), every other node catches up a
+ * random part of the way towards the head now and then. Replicas therefore overtake each other all
+ * the time, during failovers too, and the gate's ranking keeps changing. It cannot keep a trial
+ * from settling: positions never go back, so of two members each ahead of the other's last
+ * published position one has moved since and stands again at its next check; nobody passes the
+ * head, so once the writer is dead the replicas close in on it and stop (in a tie, every tied
+ * member stands); and no `--max-lag` is given, so a lagging member is never barred from leading.
+ * Every sidecar also has an admin token, for POST /switchover.
  */
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +30,28 @@ import { check, termsOf, type HookRecord } from '../overlap.js';
 import type { Deployment } from './deployments.js';
 
 const CHAOS_HOOK = fileURLToPath(new URL('../fixtures/chaos-hook.mjs', import.meta.url));
+const CHECK = fileURLToPath(new URL('../fixtures/check.sh', import.meta.url));
+export const ADMIN_TOKEN = 'chaos-admin-token';
+
+/**
+ * Where positions start: just below 2^53, so that they pass it within the first seconds of a
+ * world and the checks print them as decimal strings from then on (the check's contract for
+ * positions beyond 2^53).
+ */
+const FIRST_POSITION = 2n ** 53n - 20_000n;
+/** The writer's position grows by up to this much per tick. */
+const WRITE_STEP = 1000;
+/** A tick every 100-400 ms: several per check interval (a third of the lease). */
+const TICK_MS: readonly [number, number] = [100, 400];
+/** The chance a replica catches up some way on a tick. */
+const CATCH_UP_CHANCE = 0.6;
+
+/** What a node's check reports: its position, and the exit status (0 healthy, 3 failing). */
+interface Application {
+  readonly file: string;
+  position: bigint;
+  healthy: boolean;
+}
 
 export interface Node {
   readonly id: string;
@@ -60,6 +95,10 @@ export class ChaosWorld {
   /** Sidecars that exited without the harness asking them to. */
   readonly crashes: string[] = [];
   private readonly expectedExits = new Set<Sidecar>();
+  private readonly apps = new Map<Node, Application>();
+  /** The node whose application writes: the primary the world last settled on. */
+  private writer: Node | null = null;
+  private ticker: NodeJS.Timeout | undefined;
 
   private constructor(
     readonly deployment: Deployment,
@@ -67,6 +106,7 @@ export class ChaosWorld {
     private readonly election: string,
     private readonly log: string,
     private readonly control: string,
+    private readonly tokenFile: string,
   ) {}
 
   /** Starts `size` sidecars on the deployment, node i reaching server i mod the server count. */
@@ -74,6 +114,10 @@ export class ChaosWorld {
     const dir = mkdtempSync(join(tmpdir(), `leaderd-chaos-${deployment.backend}-`));
     const control = join(dir, 'control');
     mkdirSync(control);
+    const checks = join(dir, 'checks');
+    mkdirSync(checks);
+    const tokenFile = join(dir, 'admin-token');
+    writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`, { mode: 0o600 });
     const tag = `${deployment.backend}-${deployment.topology}-${Date.now().toString(36)}`;
     const nodes: Node[] = [];
     for (let i = 0; i < size; i++) {
@@ -81,7 +125,13 @@ export class ChaosWorld {
       const proxy = server >= 0 ? await TcpProxy.start(deployment.servers[server]!.address) : null;
       nodes.push({ id: `${tag}-n${i + 1}`, server, proxy, sidecar: null });
     }
-    const world = new ChaosWorld(deployment, nodes, `chaos-${tag}`, join(dir, 'hooks.log'), control);
+    const world = new ChaosWorld(deployment, nodes, `chaos-${tag}`, join(dir, 'hooks.log'), control, tokenFile);
+    for (const node of nodes) {
+      const app: Application = { file: join(checks, node.id), position: FIRST_POSITION, healthy: true };
+      world.apps.set(node, app);
+      writeApplication(app);
+    }
+    world.tick();
     await Promise.all(nodes.map((n) => world.launch(n)));
     return world;
   }
@@ -94,13 +144,20 @@ export class ChaosWorld {
     return this.deployment.ttlSeconds * 1000;
   }
 
-  /** Starts (again) a node's sidecar, with the same id and proxy. */
+  /** How often every sidecar runs its check: the default, a third of the lease. */
+  get checkIntervalMs(): number {
+    return this.leaseMs / 3;
+  }
+
+  /** Starts (again) a node's sidecar, with the same id, proxy and application. */
   async launch(node: Node): Promise<void> {
     const hook = `${process.execPath} ${CHAOS_HOOK} ${this.log} ${this.control}`;
     const sidecar = await Sidecar.start(node.id, [
       ...this.deployment.sidecarArgs(this.election, node.proxy?.address ?? null),
       '--address', `${node.id}.chaos:5432`,
       '--on-promote', hook, '--on-demote', hook,
+      '--check', `/bin/sh ${CHECK} ${this.apps.get(node)!.file}`,
+      '--admin-token-file', this.tokenFile,
     ]);
     node.sidecar = sidecar;
     void sidecar.exited.then((exit) => {
@@ -153,11 +210,64 @@ export class ChaosWorld {
     for (const file of readdirSync(this.control)) rmSync(join(this.control, file));
   }
 
+  /** Makes a node's check fail (exit 3) from its next run on, or pass again. */
+  setHealthy(node: Node, healthy: boolean): void {
+    const app = this.apps.get(node)!;
+    app.healthy = healthy;
+    writeApplication(app);
+  }
+
+  /** Every fault undone: hooks instant, every check passing. */
+  clearFaults(): void {
+    this.clearHookFaults();
+    for (const node of this.nodes) if (!this.apps.get(node)!.healthy) this.setHealthy(node, true);
+  }
+
+  /** POST /switchover to `node` with the admin token, naming `candidate` (or no one). */
+  async switchover(node: Node, candidate: string | null): Promise<{ status: number; body: Record<string, unknown> }> {
+    const response = await this.running(node).fetch('/switchover', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
+      body: JSON.stringify(candidate === null ? {} : { candidate }),
+    });
+    return { status: response.status, body: (await response.json()) as Record<string, unknown> };
+  }
+
+  /** `node`'s /cluster view. */
+  async cluster(node: Node): Promise<ClusterView> {
+    return (await (await this.running(node).fetch('/cluster')).json()) as ClusterView;
+  }
+
+  /**
+   * One tick of the applications: the writer's position grows (while its sidecar runs), every
+   * other node catches up part of the way to the head now and then; then the next tick is set.
+   * Positions never go back, and no one passes the head.
+   */
+  private tick(): void {
+    const writer = this.writer?.sidecar ? this.writer : null;
+    if (writer) this.apps.get(writer)!.position += BigInt(1 + Math.floor(Math.random() * WRITE_STEP));
+    const head = [...this.apps.values()].reduce((max, app) => (app.position > max ? app.position : max), 0n);
+    for (const [node, app] of this.apps) {
+      if (node === writer) {
+        writeApplication(app);
+        continue;
+      }
+      const gap = head - app.position;
+      if (gap === 0n || Math.random() >= CATCH_UP_CHANCE) continue;
+      // At least 1, at most the whole gap: replicas do reach the head (and tie) when no one writes.
+      app.position += 1n + (gap - 1n) * BigInt(Math.floor(Math.random() * 1000)) / 999n;
+      writeApplication(app);
+    }
+    const [low, high] = TICK_MS;
+    this.ticker = setTimeout(() => this.tick(), low + Math.random() * (high - low));
+  }
+
   /** Writes every node's log so far (and the hook log) next to the hook log, for a post-mortem; returns the file. */
   dumpLogs(): string {
     const file = `${this.log}.${Date.now()}.nodes.json`;
     const logs = Object.fromEntries(this.nodes.map((n) => [n.id, n.sidecar?.logs ?? []]));
-    writeFileSync(file, JSON.stringify({ logs, hooks: this.records() }, null, 1));
+    const applications = Object.fromEntries(this.nodes.map((n) => [n.id, { position: String(this.apps.get(n)!.position), healthy: this.apps.get(n)!.healthy }]));
+    writeFileSync(file, JSON.stringify({ logs, hooks: this.records(), applications, writer: this.writer?.id ?? null }, null, 1));
     return file;
   }
 
@@ -180,7 +290,9 @@ export class ChaosWorld {
   /**
    * Waits until every node runs, exactly one is primary and all others name it with its token,
    * and the hook log agrees: the primary's term is the only one open, with that token, and every
-   * demote hook that started has finished (or its node was killed). The roles
+   * demote hook that started has finished (or its node was killed). Every node's check must
+   * pass too (a node just started has not run it yet), so that a trial starts with every member
+   * able to lead. The roles
    * are read again each time (a node may be primary for a moment and resign), so only an
    * agreement that holds when looked at is accepted. If the roles agree but the log never does,
    * the difference is reported as lost hook notifications.
@@ -195,7 +307,7 @@ export class ChaosWorld {
       const token = primaries[0]?.fencingToken ?? null;
       const agreed =
         primary !== null &&
-        roles.every((r) => r !== null && r.fencingToken === token && r.leader?.id === primary.id && (r.role === 'replica' || r.id === primary.id));
+        roles.every((r) => r !== null && r.fencingToken === token && r.leader?.id === primary.id && (r.role === 'replica' || r.id === primary.id) && r.healthy);
       const terms = agreed ? termsOf(this.records()).terms : [];
       const open = terms.filter((t) => t.to === Infinity);
       // A demote hook still running: the term it ends is not over until it has finished.
@@ -204,37 +316,45 @@ export class ChaosWorld {
       // now would measure the hold-off left over from the trial before, not its own failover.
       const candidates = this.nodes.every((n) => !n.sidecar || inTheRace(n.sidecar));
       if (agreed && candidates && stepping.length === 0 && open.length === 1 && open[0]!.id === primary.id && open[0]!.token === token) {
+        this.writer = primary;
         return { primary, token: token!, lost: [] };
       }
       if (Date.now() > deadline) {
-        if (!agreed) throw new Error(`no settled election within ${timeoutMs} ms: ${JSON.stringify(roles.map((r) => r && [r.id, r.role, r.leader?.id, r.fencingToken]))}`);
+        if (!agreed) throw new Error(`no settled election within ${timeoutMs} ms: ${JSON.stringify(roles.map((r) => r && [r.id, r.role, r.leader?.id, r.fencingToken, r.healthy ? 'healthy' : 'unhealthy']))}`);
         const lost: string[] = [];
         if (!open.some((t) => t.id === primary.id && t.token === token)) lost.push(`promotion of ${primary.id} (token ${token})`);
         for (const t of open.filter((t) => t.id !== primary.id || t.token !== token)) lost.push(`demote of ${t.id} (token ${t.token})`);
         for (const t of stepping) lost.push(`end of the demote of ${t.id} (token ${t.token}), started at ${t.demotedAt}`);
+        this.writer = primary;
         return { primary, token: token!, lost };
       }
       await sleep(50);
     }
   }
 
-  /** Resolves once some running node is primary with a token of at least `token`. */
-  async anyPrimary(token: number, timeoutMs: number): Promise<void> {
+  /** Resolves with the first running node (of `among`, default all) seen primary with a token of at least `token`, and its token. */
+  async anyPrimary(token: number, timeoutMs: number, among: readonly Node[] = this.nodes): Promise<{ node: Node; token: number }> {
     const abort = new AbortController();
     try {
-      await Promise.any(
-        this.nodes
-          .flatMap((n) => (n.sidecar ? [n.sidecar] : []))
-          .map((s) => s.waitForState((r) => r.role === 'primary' && (r.fencingToken ?? 0) >= token, timeoutMs, 'primary', abort.signal)),
+      return await Promise.any(
+        among
+          .filter((n) => n.sidecar)
+          .map((n) =>
+            n
+              .sidecar!.waitForState((r) => r.role === 'primary' && (r.fencingToken ?? 0) >= token, timeoutMs, 'primary', abort.signal)
+              .then((r) => ({ node: n, token: r.fencingToken! })),
+          ),
       );
     } catch {
-      throw new Error(`no primary among the running nodes within ${timeoutMs} ms`);
+      throw new Error(`no primary among the running nodes${among === this.nodes ? '' : ` ${among.map((n) => n.id).join(', ')}`} within ${timeoutMs} ms`);
     } finally {
       abort.abort();
     }
   }
 
   async stop(): Promise<void> {
+    clearTimeout(this.ticker);
+    this.ticker = undefined;
     for (const node of this.nodes) {
       if (node.sidecar) this.expectedExits.add(node.sidecar);
       node.sidecar?.signal('SIGCONT');
@@ -253,6 +373,24 @@ export class ChaosWorld {
 
   private note(node: Node, event: 'killed' | 'frozen' | 'thawed'): void {
     appendFileSync(this.log, `${JSON.stringify({ LEADERD_ID: node.id, LEADERD_EVENT: event, at: monotonicNow() })}\n`);
+  }
+}
+
+/** GET /cluster, as much of it as the chaos suite reads. */
+export interface ClusterView {
+  leader: { id: string; fencingToken: number } | null;
+  members: Array<{ id: string; role: string; healthy: boolean; eligible: boolean; priority: number; position: number | string | null; updatedAt: string }>;
+}
+
+/** Writes what a node's check prints (its position) and its exit status, each file atomically. */
+function writeApplication(app: Application): void {
+  const position = app.position <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(app.position) : app.position.toString();
+  for (const [file, text] of [
+    [app.file, JSON.stringify({ position })],
+    [`${app.file}.exit`, app.healthy ? '0' : '3'],
+  ] as const) {
+    writeFileSync(`${file}.tmp`, text);
+    renameSync(`${file}.tmp`, file);
   }
 }
 
