@@ -66,6 +66,12 @@ export interface Gate {
    * (the check run now, the records read now), fresh verdict. Never rejects.
    */
   confirm(): Promise<boolean>;
+  /**
+   * This node's candidacy came first and was not promoted (refused by confirm, or no longer let
+   * stand before it was): the gate holds off a new one for a while, so that a refused member does
+   * not come straight back and cycle through the queue ahead of the member it gave way to.
+   */
+  steppedBack(): void;
 }
 
 export interface Transition {
@@ -365,14 +371,20 @@ export class Elector {
         if (this.confirming !== token) return;
         this.confirming = null;
         if (ok && token > this.spentThrough) this.confirmedToken = token;
-        else {
-          // It steps back: this candidacy is withdrawn, and a new one, if the gate lets it, goes
-          // behind the others.
-          this.spentThrough = Math.max(this.spentThrough, token);
-          this.options.log.info({ fencingToken: token }, 'first in line, but not the member that should lead: stepping back');
-        }
+        else this.stepBack(token);
         void this.reevaluate(ok ? 'confirmed' : 'stepped back');
       });
+  }
+
+  /**
+   * A candidacy that came first is not promoted: it is spent (withdrawn; a new one, if the gate
+   * lets it, goes behind the others), and the gate hears of it. Once per candidacy.
+   */
+  private stepBack(token: number): void {
+    if (token <= this.spentThrough) return;
+    this.spentThrough = token;
+    this.options.log.info({ fencingToken: token }, 'first in line, but not the member that should lead: stepping back');
+    this.options.gate?.steppedBack();
   }
 
   // The election loop: one step at a time, either opening a session or renewing it.
@@ -570,7 +582,9 @@ export class Elector {
       // First in line, not promoted, and no longer standing: this candidacy is spent, whatever a
       // confirmation still in flight says.
       if (!campaigning && this.confirmedToken !== token) {
-        this.spentThrough = Math.max(this.spentThrough, token);
+        // Refused by the gate (not a resignation or a stop, which are no step-back).
+        if (this.inRace && this.phase === 'running') this.stepBack(token);
+        else this.spentThrough = Math.max(this.spentThrough, token);
         this.confirming = null;
       }
       if (campaigning && token > this.spentThrough && this.withdrawingIn !== this.session) {

@@ -9,13 +9,15 @@
  *
  * A member with a check does not stand while someone else leads: the question of who comes next
  * is asked when the leader is gone, so replicas whose positions move do not join and leave the
- * backend's queue all the time. (A member without one keeps its place in the queue, as without a
- * gate: see standsBehindLeader.) Positions are published at most once per check interval, so when the leader goes,
- * every member checks and publishes its position at once (its record then names the leader that
- * went, `leaderGone`), and compares itself only with records published since, waiting for them
- * up to one check interval: else a replica further behind, checked later, would win over a
- * better one whose record was older. A member that came first but failed the last check steps
- * back, and stands again no sooner than one check interval later, on fresh facts.
+ * backend's queue all the time. A member without one keeps its place in the queue, as without a
+ * gate, unless it knows of a better member (see standsBehindLeader). Positions are published at
+ * most once per check interval, so when the leader goes, every member with a check checks and
+ * publishes its position at once (its record then names the leader that went, `leaderGone`).
+ * Members stand on the records they have (an older record can only understate a position); the
+ * first in line compares itself only with records published since, waiting for them up to one
+ * check interval: else a replica further behind, checked later, would win over a better one whose
+ * record was older. A member that came first but may not lead steps back, and stands again no
+ * sooner than one check interval later, on fresh facts.
  *
  * A primary is not held to that rule: it keeps its term while its check passes, and hands over
  * when the check has failed without a pass for --unhealthy-after (one failed run is not an
@@ -104,7 +106,7 @@ export interface SwitchoverAnswer {
 
 /** How often a switchover looks for its candidate's promotion. */
 const SWITCHOVER_POLL_MS = 100;
-/** How often the records are read while waiting for the others' positions after the leader went. */
+/** How often the first in line reads the records while waiting for the others' positions after the leader went. */
 const FRESHNESS_POLL_MS = 50;
 
 export class Member implements Gate {
@@ -123,7 +125,6 @@ export class Member implements Gate {
   private gone: { token: number; at: number } | null = null;
   /** The token of the last leader gone before the last check started: what `leaderGone` publishes. */
   private checkedSinceGone: number | null = null;
-  private freshnessTimer: NodeJS.Timeout | undefined;
   /** A switchover is being handled (from the request's arrival, before handoverTo is known). */
   private switching = false;
   /** After a step-back: not standing again before this (monotonic ms). */
@@ -168,7 +169,6 @@ export class Member implements Gate {
   stop(): void {
     this.stopped = true;
     clearTimeout(this.timer);
-    clearTimeout(this.freshnessTimer);
   }
 
   // --- the gate (asked by the elector) ---
@@ -188,12 +188,21 @@ export class Member implements Gate {
 
   async confirm(): Promise<boolean> {
     if (this.handoverTo !== null) return false;
-    const read = await this.refresh({ publish: false });
+    let read = await this.refresh({ publish: false });
+    // Positions as they are since the leader went: records older than that may understate them.
+    // A switchover's candidate does not compare positions: nothing to wait for.
+    while (read && !this.stopped && !this.named() && this.staleAfterLeaderGone().length > 0) {
+      await new Promise((resolve) => setTimeout(resolve, FRESHNESS_POLL_MS));
+      read = await this.read();
+    }
     const verdict: Verdict = read ? mayTakeLeadership(this.gateFacts()) : { ok: false, reason: 'the member records cannot be read' };
     if (verdict.ok) return true;
     this.options.log.info({ reason: verdict.reason }, 'first in line, but may not lead');
-    this.steppedBackUntil = monotonicMs() + this.options.checkIntervalMs;
     return false;
+  }
+
+  steppedBack(): void {
+    this.steppedBackUntil = monotonicMs() + this.options.checkIntervalMs;
   }
 
   /**
@@ -206,7 +215,9 @@ export class Member implements Gate {
   private standsBehindLeader(): boolean {
     if (this.options.check !== null || this.handoverTo !== null) return false;
     if (monotonicMs() < this.steppedBackUntil) return false;
-    return ownVerdict(this.gateFacts()).ok;
+    // Not ahead of a better member it knows of: it would only step back at the front, and the
+    // better one, if it has a check, stands only once nobody is first.
+    return mayTakeLeadership(this.gateFacts()).ok;
   }
 
   /** Whether this node may stand while nobody leads. */
@@ -214,11 +225,15 @@ export class Member implements Gate {
     if (this.handoverTo !== null) return { ok: false, reason: `switching over to ${this.handoverTo}` };
     if (monotonicMs() < this.steppedBackUntil) return { ok: false, reason: 'stepped back: waiting for the next check' };
     if (this.readFailed) return { ok: false, reason: 'the member records cannot be read' };
-    // A switchover's candidate does not compare positions: nothing to wait for.
-    const named = this.others.some((m) => m.handoverTo === this.options.id);
-    const stale = named ? [] : this.staleAfterLeaderGone();
-    if (stale.length > 0) return { ok: false, reason: `waiting for the positions of ${stale.join(', ')} since the leader went` };
+    // Records older than the leader's going can only understate the others' positions (they
+    // grow): a member they show ahead is ahead. Whether one is ahead that they show behind is
+    // for the first in line to find out (confirm).
     return mayTakeLeadership(this.gateFacts());
+  }
+
+  /** The primary is handing over to this member. */
+  private named(): boolean {
+    return this.others.some((m) => m.handoverTo === this.options.id);
   }
 
   /**
@@ -380,10 +395,12 @@ export class Member implements Gate {
   // --- the loop ---
 
   /**
-   * Notes a leader that went, at once (not deferred: a look at whether to stand may come before
-   * the deferred work). Only within one session: a session of our own that ended also shows no
-   * leader, while the leader lives on. A leader that goes within a check interval of the one
-   * before (a first in line that stepped back, say) keeps the window open, not restarted.
+   * Notes a leader that went, at once (not deferred: the check a leader change starts must be
+   * credited to it). Gone is gone whatever comes next: nobody, or straight away another member
+   * (the next in line, which is still to be confirmed). Only within one session: a session of our
+   * own that ended also shows no leader, while the leader lives on. A leader that goes within a
+   * check interval of the one before (a first in line that stepped back, say) keeps the window
+   * open, not restarted.
    */
   private noteLeader(status: Status): boolean {
     // A session's first look may come before it has seen anyone lead: a leader seen in an earlier
@@ -396,8 +413,9 @@ export class Member implements Gate {
     const leader = status.leader;
     this.lastLeader = leader;
     // (A member without a check has no position to bring up to date, and nobody waits for it.)
-    if (before && !leader && !this.goneWindowOpen()) this.gone = { token: before.fencingToken, at: monotonicMs() };
-    return before?.id !== leader?.id || before?.fencingToken !== leader?.fencingToken;
+    const changed = before?.id !== leader?.id || before?.fencingToken !== leader?.fencingToken;
+    if (before && changed && !this.goneWindowOpen()) this.gone = { token: before.fencingToken, at: monotonicMs() };
+    return changed;
   }
 
   private goneWindowOpen(): boolean {
@@ -413,19 +431,7 @@ export class Member implements Gate {
       // records before it is promoted, and the others need not all read them at once.
       if (!leaderChanged || !this.options.check) return;
       await this.refresh();
-      this.awaitFreshRecords();
     });
-  }
-
-  /** While the others' records predate the leader's going, reads them again every moment. */
-  private awaitFreshRecords(): void {
-    clearTimeout(this.freshnessTimer);
-    if (this.stopped || this.staleAfterLeaderGone().length === 0) return;
-    this.freshnessTimer = setTimeout(async () => {
-      await this.read();
-      void this.options.elector().reevaluate('records read');
-      this.awaitFreshRecords();
-    }, FRESHNESS_POLL_MS);
   }
 
   /** Runs the check and reads the records (in parallel), then publishes. False when the read failed. */

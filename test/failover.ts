@@ -7,7 +7,7 @@ import { renameSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { BackendFixture } from './conformance.js';
-import { newElection, scratchFile, settled } from './conformance.js';
+import { histogramCount, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
 import { until } from './chaos/world.js';
 import { Sidecar, type LogLine } from './harness/sidecar.js';
 
@@ -317,6 +317,92 @@ export function failover(fixture: BackendFixture): void {
       const agreed = JSON.parse(views[0]!) as ClusterBody;
       expect(agreed.leader?.id).toBe('c');
       expect(agreed.members.map((m) => `${m.id}:${m.role}:${m.position}`)).toEqual(['a:replica:100', 'b:replica:100', 'c:primary:90']);
+    });
+
+    describe('members with and without a check in one election', () => {
+      /**
+       * A sidecar without a check (always healthy, position unknown), following `leader`. With
+       * hooks, as an application has them (every leader change costs each member a process),
+       * unless `extra` brings its own.
+       */
+      async function plain(name: string, e: string, leader: Sidecar | null, extra: string[] = []): Promise<Sidecar> {
+        const hooks = extra.some((a) => a.startsWith('--on-')) ? [] : hookArgs(scratchFile(`${name}-hooks`));
+        const node = await Sidecar.start(name, [...fixture.args(e), '--address', `${name}.test:5432`, ...hooks, ...extra]);
+        if (leader) await node.waitForState((s) => s.role === 'replica' && s.leader?.id === leader.id, electTimeout, `replica of ${leader.id}`);
+        else await node.waitForRole('primary', electTimeout);
+        return node;
+      }
+
+      /** Until every one of `nodes` has read `id`'s record with its position: they know it is better placed than they are. */
+      async function allKnow(nodes: Sidecar[], id: string, position: number): Promise<void> {
+        for (const node of nodes) {
+          await waitForCluster(node, (body) => body.members.some((m) => m.id === id && m.healthy && m.position === position), electTimeout, `${id} at ${position}`);
+        }
+      }
+
+      /** Until every one of `nodes` has withdrawn its candidacy: it gave up its place in the queue. */
+      async function allWithdrew(nodes: Sidecar[]): Promise<void> {
+        const withdrew = async (node: Sidecar) => (await histogramCount(node, 'leaderd_backend_request_duration_seconds', { operation: 'withdraw' })) > 0;
+        for (const node of nodes) expect(await until(() => withdrew(node), electTimeout), `${node.id} withdrew`).toBe(true);
+      }
+
+      /** Five members without a check, following `leader`. */
+      async function plainFollowers(e: string, leader: Sidecar): Promise<Sidecar[]> {
+        const nodes: Sidecar[] = [];
+        for (const name of ['p1', 'p2', 'p3', 'p4', 'p5']) nodes.push(await plain(name, e, leader));
+        return nodes;
+      }
+
+      it('at a crash failover the member with a position takes over; those without one gave up their place in the queue before', async () => {
+        const e = election();
+        const l = await plain('l', e, null);
+        const others = await plainFollowers(e, l);
+        const heard = scratchFile('leader-changes');
+        const a = await start('a', e, new Application(100), hookArgs(heard));
+        await a.waitForState((s) => s.role === 'replica' && s.leader?.id === 'l', electTimeout, 'replica of l');
+        await allKnow(others, 'a', 100);
+        // Else each would come first in turn, step back, and rejoin behind the next.
+        await allWithdrew(others);
+        const heardBefore = readHookRecords(heard).length;
+
+        l.signal('SIGKILL');
+        const { primary } = await settled([a, ...others], failoverTimeout);
+
+        expect(primary).toBe(a);
+        for (const node of others) expect(node.logs.some(becamePrimary), node.id).toBe(false);
+        // Nobody else came first on the way.
+        const named = readHookRecords(heard)
+          .slice(heardBefore)
+          .filter((r) => r.LEADERD_EVENT === 'leader-change' && r.LEADERD_LEADER_ID !== 'a')
+          .map((r) => r.LEADERD_LEADER_ID);
+        expect(named).toEqual([]);
+      });
+
+      it('a switchover from a member without a check to one with a check completes, and nobody else leads meanwhile', async () => {
+        const e = election();
+        const tokenFile = scratchFile('admin-token');
+        writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`);
+        // A demote that takes a moment: the others have time to come forward if they would.
+        const l = await plain('l', e, null, ['--admin-token-file', tokenFile, '--on-demote', 'sleep 1']);
+        const others = await plainFollowers(e, l);
+        const x = await start('x', e, new Application(100));
+        await x.waitForState((s) => s.role === 'replica' && s.leader?.id === 'l', electTimeout, 'replica of l');
+        await allKnow([l, ...others], 'x', 100);
+        const before = (await l.role()).fencingToken!;
+
+        const answer = await l.fetch('/switchover', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
+          body: JSON.stringify({ candidate: 'x' }),
+        });
+        const body = (await answer.json()) as { to?: string; fencingToken?: number; error?: string };
+        expect(answer.status, JSON.stringify(body)).toBe(200);
+        expect(body.to).toBe('x');
+        expect(body.fencingToken!).toBeGreaterThan(before);
+        const { primary } = await settled([l, x, ...others], electTimeout);
+        expect(primary).toBe(x);
+        for (const node of others) expect(node.logs.some(becamePrimary), node.id).toBe(false);
+      });
     });
   });
 }
