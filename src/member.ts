@@ -198,6 +198,8 @@ export class Member implements Gate {
     const verdict: Verdict = read ? mayTakeLeadership(this.gateFacts()) : { ok: false, reason: 'the member records cannot be read' };
     if (verdict.ok) return true;
     this.options.log.info({ reason: verdict.reason }, 'first in line, but may not lead');
+    // What the check just said (unhealthy, say), for the others, who may be giving way to this member.
+    void this.publish(this.options.elector().status());
     return false;
   }
 
@@ -427,9 +429,11 @@ export class Member implements Gate {
     // Published at once (a new role is news, a switchover waits for it); and with a new leader, or
     // none, checked and read now, so that a failover is decided on positions as they are.
     void this.publish(this.options.elector().status()).then(async () => {
-      // Without a check there is nothing to bring up to date: the front of the queue reads the
-      // records before it is promoted, and the others need not all read them at once.
-      if (!leaderChanged || !this.options.check) return;
+      if (!leaderChanged) return;
+      // Without a check there is nothing to bring up to date, and a member that stands reads the
+      // records when it comes first: the others need not all read them at once. One that gave way
+      // to a better member reads them now: that member may be gone, or a switchover may name it.
+      if (!this.options.check && mayTakeLeadership(this.gateFacts()).ok) return;
       await this.refresh();
     });
   }

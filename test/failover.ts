@@ -403,6 +403,34 @@ export function failover(fixture: BackendFixture): void {
         expect(primary).toBe(x);
         for (const node of others) expect(node.logs.some(becamePrimary), node.id).toBe(false);
       });
+
+      it('a switchover to a member without a check that gave way to a member with one completes, however rarely it reads the records on its own', async () => {
+        const e = election();
+        const tokenFile = scratchFile('admin-token');
+        writeFileSync(tokenFile, `${ADMIN_TOKEN}\n`);
+        const admin = ['--admin-token-file', tokenFile];
+        const p = await leading('p', e, new Application(100), admin);
+        const [d] = await join(p, e, [['d', new Application(100), admin]]);
+        // Its own reads of the records every 60 s: only the leader's going can make it read in time.
+        const n = await plain('n', e, p, ['--check-interval', '60', '--unhealthy-after', '120']);
+        await allKnow([n], 'd', 100);
+        await allWithdrew([n]);
+        await waitForCluster(p, (body) => body.members.some((m) => m.id === 'n'), electTimeout, 'n');
+        const before = (await p.role()).fencingToken!;
+
+        const answer = await p.fetch('/switchover', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
+          body: JSON.stringify({ candidate: 'n' }),
+        });
+        const body = (await answer.json()) as { to?: string; fencingToken?: number; error?: string };
+        expect(answer.status, JSON.stringify(body)).toBe(200);
+        expect(body.to).toBe('n');
+        expect(body.fencingToken!).toBeGreaterThan(before);
+        const { primary } = await settled([p, d!, n], electTimeout);
+        expect(primary).toBe(n);
+        expect(d!.logs.some(becamePrimary)).toBe(false);
+      });
     });
   });
 }
