@@ -55,7 +55,14 @@ interface Answer {
 type RoleAnswer = (status: Status, query: string) => Answer;
 type RoleAnswers = ReadonlyMap<string, RoleAnswer>;
 
-/** GET and HEAD answers about the role, by path. */
+/**
+ * The methods a role answer takes. Load balancers probe with HEAD and OPTIONS (HAProxy's
+ * `option httpchk` sends OPTIONS unless told otherwise): both get GET's status and headers,
+ * without its body.
+ */
+const ROLE_METHODS = ['GET', 'HEAD', 'OPTIONS'];
+
+/** Answers about the role, by path. */
 function roleAnswers(options: HttpOptions): RoleAnswers {
   const body = (status: Status) => roleBody(options, status);
   return new Map<string, RoleAnswer>([
@@ -72,10 +79,10 @@ export function createHttpServer(options: HttpOptions): Server {
   const answers = roleAnswers(options);
   const app = createApp(options, answers);
   return createServer((req, res) => {
-    const answer = req.method === 'GET' || req.method === 'HEAD' ? answers.get(pathOf(req)) : undefined;
+    const answer = ROLE_METHODS.includes(req.method ?? '') ? answers.get(pathOf(req)) : undefined;
     if (answer) {
       try {
-        return send(res, answer(options.elector.status(), queryOf(req)));
+        return send(res, answer(options.elector.status(), queryOf(req)), req.method);
       } catch {
         // Nothing is sent before the answer is whole: express asks again, and answers a failure
         // as it answers any other (500, logged).
@@ -94,7 +101,10 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
   const body = (status: Status) => roleBody(options, status);
   const route = (path: string, methods: string[]) => app.all(path, methodNotAllowed(methods));
 
-  for (const [path, answer] of answers) app.get(path, (req, res) => send(res, answer(elector.status(), queryOf(req))));
+  for (const [path, answer] of answers) {
+    const handler = (req: Request, res: Response) => send(res, answer(elector.status(), queryOf(req)), req.method);
+    app.get(path, handler).options(path, handler);
+  }
   app.get('/cluster', (_req, res) => {
     res.json(options.member.cluster());
   });
@@ -131,11 +141,7 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
     res.json({ resigned: true, previousRole: before, holdOffSeconds, ...body(elector.status()) });
   });
 
-  route('/role', ['GET', 'HEAD']);
-  route('/primary', ['GET', 'HEAD']);
-  route('/replica', ['GET', 'HEAD']);
-  route('/healthz', ['GET', 'HEAD']);
-  route('/', ['GET', 'HEAD']);
+  for (const path of answers.keys()) route(path, ROLE_METHODS);
   route('/metrics', ['GET', 'HEAD']);
   route('/watch', ['GET']);
   app.post('/switchover', requireAdmin(options.adminToken), express.json({ limit: '4kb' }), async (req, res) => {
@@ -198,9 +204,13 @@ export function roleBody(options: HttpOptions, status: Status) {
   };
 }
 
-/** JSON, as express's res.json sends it; HEAD gets the headers alone (node:http drops the body). */
-function send(res: ServerResponse, { status, body }: Answer): void {
-  const text = JSON.stringify(body);
+/**
+ * JSON, as express's res.json sends it. HEAD gets the headers alone: node:http drops the body and
+ * the length stays GET's. OPTIONS too, but node:http would send its body, so none is given and the
+ * length says 0 (a length with no body behind it would break the connection).
+ */
+function send(res: ServerResponse, { status, body }: Answer, method = 'GET'): void {
+  const text = method === 'OPTIONS' ? '' : JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }

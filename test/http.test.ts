@@ -39,7 +39,7 @@ describe('HTTP API: bad requests get JSON errors and never hurt the sidecar', ()
   it('answers 405 with JSON and an Allow header for a wrong method', async () => {
     const response = await node.fetch('/role', { method: 'DELETE' });
     expect(response.status).toBe(405);
-    expect(response.headers.get('allow')).toBe('GET, HEAD');
+    expect(response.headers.get('allow')).toBe('GET, HEAD, OPTIONS');
     expect((await response.json()).error).toMatch(/method not allowed/);
     expect((await node.fetch('/resign')).status).toBe(405);
   });
@@ -100,6 +100,37 @@ describe('HTTP API: bad requests get JSON errors and never hurt the sidecar', ()
   it('answers the leader-elector sidecar\'s GET / and the liveness probe', async () => {
     expect(await (await node.fetch('/')).json()).toEqual({ name: 'http-node' });
     expect(await (await node.fetch('/healthz')).json()).toEqual({ alive: true });
+  });
+});
+
+/** A raw answer's status, its headers (lower-cased, without Date) and its body. */
+function parseAnswer(raw: string) {
+  const [head = '', ...rest] = raw.split('\r\n\r\n');
+  const [statusLine = '', ...lines] = head.split('\r\n');
+  const headers = Object.fromEntries(
+    lines.map((line) => line.split(/: */, 2).map((part) => part.toLowerCase())).filter(([name]) => name !== 'date'),
+  ) as Record<string, string>;
+  return { status: statusLine.split(' ')[1], headers, body: rest.join('\r\n\r\n') };
+}
+
+const PROBES = ['/role', '/primary', '/replica', '/healthz', '/'];
+
+describe('HTTP API: probes as load balancers send them', () => {
+  it('answers OPTIONS on every probe endpoint as GET, without the body (HAProxy\'s option httpchk)', async () => {
+    // A trailing slash goes through the router rather than the table: it must answer alike.
+    for (const path of [...PROBES, '/primary/', '/replica?lag=0']) {
+      const request = (method: string) => `${method} ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`;
+      const get = parseAnswer(await exchange(request('GET')));
+      const options = parseAnswer(await exchange(request('OPTIONS')));
+      expect(get.body, path).not.toBe('');
+      expect(options, path).toEqual({ status: get.status, headers: { ...get.headers, 'content-length': '0' }, body: '' });
+    }
+  });
+
+  it('answers HAProxy\'s own check, OPTIONS over HTTP/1.0 without a Host, with the status alone', async () => {
+    const answer = parseAnswer(await exchange('OPTIONS /primary HTTP/1.0\r\n\r\n'));
+    expect(answer.status).toBe('200');
+    expect(answer.body).toBe('');
   });
 });
 
