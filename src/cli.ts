@@ -122,6 +122,7 @@ async function run(config: Config): Promise<void> {
     member,
     metrics,
     adminToken: config.adminToken,
+    maxLag: config.member.maxLag,
     log,
   });
   try {

@@ -32,6 +32,8 @@ export interface HttpOptions {
   readonly metrics: Metrics;
   /** null: admin endpoints answer 403. */
   readonly adminToken: string | null;
+  /** --max-lag: how far behind /readiness may be when the probe names no ?lag=. null: no limit. */
+  readonly maxLag: bigint | null;
   readonly log: Logger;
 }
 
@@ -62,14 +64,32 @@ type RoleAnswers = ReadonlyMap<string, RoleAnswer>;
  */
 const ROLE_METHODS = ['GET', 'HEAD', 'OPTIONS'];
 
-/** Answers about the role, by path. */
+/**
+ * Answers about the role, by path. Patroni's names are here where leaderd can mean the same
+ * thing (the README says where it cannot); Patroni's `GET /` is `/primary`, but leaderd's `/`
+ * stays the Kubernetes leader-elector's answer, which deployments already read.
+ */
 function roleAnswers(options: HttpOptions): RoleAnswers {
   const body = (status: Status) => roleBody(options, status);
+  const leads = (status: Status) => status.role === 'primary';
+  const following = (status: Status) => status.role === 'replica' && status.leader !== null;
+  const healthy = () => options.member.state().healthy;
+  const primary: RoleAnswer = (status) => ({ status: leads(status) ? 200 : 503, body: body(status) });
+  const alive: RoleAnswer = (status) => ({ status: status.alive ? 200 : 503, body: { alive: status.alive } });
   return new Map<string, RoleAnswer>([
     ['/role', (status) => ({ status: 200, body: body(status) })],
-    ['/primary', (status) => ({ status: status.role === 'primary' ? 200 : 503, body: body(status) })],
-    ['/replica', (status, query) => replicaAnswer(options, status, query)],
-    ['/healthz', (status) => ({ status: status.alive ? 200 : 503, body: { alive: status.alive } })],
+    ['/primary', primary],
+    ['/leader', primary],
+    ['/read-write', primary],
+    ['/replica', (status, query) => lagAnswer(options, status, query, null, (within) => following(status) && within)],
+    // Serves reads on either role: a readiness probe that does not depend on who leads.
+    ['/read-only', (status, query) => lagAnswer(options, status, query, null, (within) => leads(status) || (following(status) && within))],
+    // As Patroni's: a replica is ready once its application is (the check) and near enough.
+    ['/readiness', (status, query) =>
+      lagAnswer(options, status, query, options.maxLag, (within) => leads(status) || (following(status) && healthy() && within))],
+    ['/health', (status) => ({ status: healthy() ? 200 : 503, body: body(status) })],
+    ['/healthz', alive],
+    ['/liveness', alive],
     ['/', (status) => ({ status: 200, body: { name: status.leader?.id ?? '' } })],
   ]);
 }
@@ -171,18 +191,23 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
 }
 
 /**
- * GET /replica: 200 while this node follows a leader; with ?lag=N, only while it is also at most N
- * behind the last leader's published position (Patroni's /replica?lag=). An unknown lag is not
- * within any N.
+ * An answer that may depend on `?lag=N` (Patroni's max-lag): `ready` is told whether this member
+ * is at most N behind the last leader's published position, or `fallback` behind when the query
+ * names no lag (null: no limit). An unknown lag is not within any N; a primary's is 0.
  */
-function replicaAnswer(options: HttpOptions, status: Status, query: string): Answer {
-  const following = status.role === 'replica' && status.leader !== null;
+function lagAnswer(
+  options: HttpOptions,
+  status: Status,
+  query: string,
+  fallback: bigint | null,
+  ready: (withinLag: boolean) => boolean,
+): Answer {
   const wanted = new URLSearchParams(query).get('lag');
-  if (wanted === null) return { status: following ? 200 : 503, body: roleBody(options, status) };
-  if (!LAG.test(wanted)) return { status: 400, body: { error: 'lag: must be a whole number, at least 0' } };
+  if (wanted !== null && !LAG.test(wanted)) return { status: 400, body: { error: 'lag: must be a whole number, at least 0' } };
+  const maxLag = wanted === null ? fallback : BigInt(wanted);
   const { lag } = options.member.state();
-  const within = lag !== null && lag <= BigInt(wanted);
-  return { status: following && within ? 200 : 503, body: roleBody(options, status) };
+  const within = maxLag === null || (lag !== null && lag <= maxLag);
+  return { status: ready(within) ? 200 : 503, body: roleBody(options, status) };
 }
 
 export function roleBody(options: HttpOptions, status: Status) {

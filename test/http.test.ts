@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { newElection, scratchFile } from './conformance.js';
 import { Sidecar } from './harness/sidecar.js';
 
@@ -113,7 +113,7 @@ function parseAnswer(raw: string) {
   return { status: statusLine.split(' ')[1], headers, body: rest.join('\r\n\r\n') };
 }
 
-const PROBES = ['/role', '/primary', '/replica', '/healthz', '/'];
+const PROBES = ['/role', '/primary', '/leader', '/read-write', '/replica', '/read-only', '/readiness', '/health', '/healthz', '/liveness', '/'];
 
 describe('HTTP API: probes as load balancers send them', () => {
   it('answers OPTIONS on every probe endpoint as GET, without the body (HAProxy\'s option httpchk)', async () => {
@@ -131,6 +131,51 @@ describe('HTTP API: probes as load balancers send them', () => {
     const answer = parseAnswer(await exchange('OPTIONS /primary HTTP/1.0\r\n\r\n'));
     expect(answer.status).toBe('200');
     expect(answer.body).toBe('');
+  });
+
+  it('answers Patroni\'s probe names on the primary: it leads, serves reads and writes, and is alive', async () => {
+    const answers = await Promise.all(PROBES.map(async (path) => [path, (await node.fetch(path)).status] as const));
+    expect(Object.fromEntries(answers)).toEqual({
+      '/role': 200, '/primary': 200, '/leader': 200, '/read-write': 200, '/replica': 503, '/read-only': 200,
+      '/readiness': 200, '/health': 200, '/healthz': 200, '/liveness': 200, '/': 200,
+    });
+    expect(await (await node.fetch('/liveness')).json()).toEqual({ alive: true });
+    expect((await (await node.fetch('/read-write')).json()).role).toBe('primary');
+    // A primary is 0 behind itself, so any lag holds it; a lag that is no number is refused everywhere.
+    expect((await node.fetch('/read-only?lag=0')).status).toBe(200);
+    for (const path of ['/read-only?lag=x', '/readiness?lag=-1', '/replica?lag=1.5']) {
+      const refused = await node.fetch(path);
+      expect(refused.status, path).toBe(400);
+      expect(await refused.json()).toEqual({ error: 'lag: must be a whole number, at least 0' });
+    }
+  });
+
+  it('answers them on replicas: /read-only follows the lag, /readiness the check and --max-lag, /health the check', async () => {
+    const election = newElection();
+    const dir = scratchFile('dir');
+    const args = (...more: string[]) => ['--local-dir', dir, '--election', election, '--ttl', '2', ...more];
+    const at = (position: number) => `echo '{"position": ${position}}'`;
+    const leader = await Sidecar.start('probe-leader', args('--check', at(100)));
+    await leader.waitForRole('primary', 10000);
+    // Neither may ever lead: one fails its check, the other is beyond --max-lag.
+    const [sick, behind] = await Promise.all([
+      Sidecar.start('probe-sick', args('--check', '/bin/false')),
+      Sidecar.start('probe-behind', args('--check', at(40), '--max-lag', '50')),
+    ]);
+    await Promise.all([sick, behind].map((r) => r.waitForState((s) => s.role === 'replica' && s.leader?.id === 'probe-leader', 10000)));
+    await sick.waitForLog((l) => l.msg === 'check: unhealthy', 10000, 'a failed check');
+    await vi.waitFor(async () => expect((await behind.role()).lag).toBe(60), { timeout: 10000, interval: 50 });
+
+    const statuses = async (replica: Sidecar) =>
+      Object.fromEntries(await Promise.all(PROBES.map(async (path) => [path, (await replica.fetch(path)).status] as const)));
+    const replica = { '/role': 200, '/primary': 503, '/leader': 503, '/read-write': 503, '/replica': 200, '/read-only': 200, '/healthz': 200, '/liveness': 200, '/': 200 };
+    expect(await statuses(sick)).toEqual({ ...replica, '/readiness': 503, '/health': 503 });
+    expect(await statuses(behind)).toEqual({ ...replica, '/readiness': 503, '/health': 200 });
+    const status = async (replica: Sidecar, path: string) => (await replica.fetch(path)).status;
+    expect(await status(behind, '/readiness?lag=60')).toBe(200);
+    expect(await status(behind, '/read-only?lag=60')).toBe(200);
+    expect(await status(behind, '/read-only?lag=59')).toBe(503);
+    expect(await status(sick, '/readiness?lag=1000')).toBe(503);
   });
 });
 
