@@ -137,6 +137,8 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
       'cache-control': 'no-store',
       connection: 'keep-alive',
     });
+    // Express routes HEAD here too: it gets the stream's headers, and no stream to wait on.
+    if (req.method === 'HEAD') return void res.end();
     const push = (status: Status) => res.write(`event: role\ndata: ${JSON.stringify(body(status))}\n\n`);
     const unsubscribe = elector.subscribe({ change: push });
     const keepalive = setInterval(() => res.write(': keep-alive\n\n'), WATCH_KEEPALIVE_MS);
@@ -146,7 +148,7 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
     });
     push(elector.status());
   });
-  app.post('/resign', requireAdmin(options.adminToken), express.json({ limit: '4kb' }), async (req, res) => {
+  app.post('/resign', requireAdmin(options.adminToken), jsonBody(), async (req, res) => {
     const parsed = resignBody.safeParse(req.body ?? {});
     if (!parsed.success) {
       res.status(400).json({ error: `invalid body: ${parsed.error.issues.map(describeIssue).join('; ')}` });
@@ -164,7 +166,7 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
   for (const path of answers.keys()) route(path, ROLE_METHODS);
   route('/metrics', ['GET', 'HEAD']);
   route('/watch', ['GET']);
-  app.post('/switchover', requireAdmin(options.adminToken), express.json({ limit: '4kb' }), async (req, res) => {
+  app.post('/switchover', requireAdmin(options.adminToken), jsonBody(), async (req, res) => {
     const parsed = switchoverBody.safeParse(req.body ?? {});
     if (!parsed.success) {
       res.status(400).json({ error: `invalid body: ${parsed.error.issues.map(describeIssue).join('; ')}` });
@@ -268,6 +270,21 @@ export function listen(server: Server, host: string, port: number): Promise<Serv
 function methodNotAllowed(methods: string[]) {
   return (_req: Request, res: Response) => {
     res.set('allow', methods.join(', ')).status(405).json({ error: `method not allowed; use ${methods.join(' or ')}` });
+  };
+}
+
+/**
+ * The admin endpoints' bodies: JSON, at most 4 KiB. express.json() passes over a body of any
+ * other type, so curl's default form encoding would drop holdOffSeconds or a switchover's
+ * candidate without a word: 415 instead. An empty body is no body, whatever its type.
+ */
+function jsonBody() {
+  const parse = express.json({ limit: '4kb' });
+  return (req: Request, res: Response, next: NextFunction) => {
+    const empty = req.get('transfer-encoding') === undefined && Number(req.get('content-length') ?? 0) === 0;
+    if (empty || req.is('application/json')) return parse(req, res, next);
+    const type = req.get('content-type') ?? 'none';
+    res.status(415).json({ error: `the body must be JSON: send content-type: application/json (got ${type})` });
   };
 }
 

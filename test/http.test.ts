@@ -179,6 +179,30 @@ describe('HTTP API: probes as load balancers send them', () => {
   });
 });
 
+describe('HTTP API: answers that used to hang or drop input', () => {
+  it('answers HEAD /watch with the stream\'s headers and no stream', async () => {
+    const response = await node.fetch('/watch', { method: 'HEAD' });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toBe('text/event-stream');
+  });
+
+  it('answers 415 to an admin body that is not JSON (curl\'s default form encoding), naming the problem', async () => {
+    const before = await node.role();
+    for (const path of ['/resign', '/switchover']) {
+      const response = await node.fetch(path, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/x-www-form-urlencoded' },
+        body: 'holdOffSeconds=5',
+      });
+      expect(response.status, path).toBe(415);
+      expect(await response.json()).toEqual({
+        error: 'the body must be JSON: send content-type: application/json (got application/x-www-form-urlencoded)',
+      });
+    }
+    expect(await node.role()).toMatchObject({ role: 'primary', fencingToken: before.fencingToken });
+  });
+});
+
 describe('HTTP API: the admin endpoint', () => {
   it('accepts the bearer scheme in any case, as HTTP allows', async () => {
     const state = await node.role();
