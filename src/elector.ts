@@ -630,6 +630,9 @@ export class Elector {
         { role, previousRole: before.role, leader: leader?.id ?? null, fencingToken: leader?.fencingToken ?? null, reason },
         `role: ${role}`,
       );
+    } else if (leader && transitions.some((t) => t.event === 'leader-change')) {
+      // The same role under a new leader (a replica's usual failover): the role line above is not written.
+      this.options.log.info({ role, leader: leader.id, fencingToken: leader.fencingToken, reason }, `leader: ${leader.id}`);
     }
     for (const transition of transitions) this.emit((l) => l.transition?.(transition, status));
     this.emit((l) => l.change?.(status));

@@ -201,6 +201,26 @@ describe('HTTP API: answers that used to hang or drop input', () => {
     }
     expect(await node.role()).toMatchObject({ role: 'primary', fencingToken: before.fencingToken });
   });
+
+  it('logs a replica\'s leader change: one line naming the new leader and its token', async () => {
+    const tokenFile = scratchFile('token');
+    writeFileSync(tokenFile, token);
+    const dir = scratchFile('dir');
+    const election = newElection();
+    const args = (...more: string[]) => ['--local-dir', dir, '--election', election, '--ttl', '2', ...more];
+    const leader = await Sidecar.start('change-leader', args('--admin-token-file', tokenFile));
+    const first = await leader.waitForRole('primary', 10000);
+    // A failing check never stands: the replica stays one while the leader starts a new term.
+    const replica = await Sidecar.start('change-replica', args('--check', '/bin/false'));
+    await replica.waitForState((s) => s.role === 'replica' && s.leader?.id === 'change-leader', 10000);
+    // No body and no content type, as `curl -X POST` sends: nothing to refuse.
+    const resigned = await leader.fetch('/resign', { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+    expect(resigned.status).toBe(200);
+    const next = await leader.waitForState((s) => s.role === 'primary' && s.fencingToken! > first.fencingToken!, 10000, 'a new term');
+    const line = await replica.waitForLog((l) => l.msg === 'leader: change-leader' && l.fencingToken === next.fencingToken, 5000, 'the change');
+    expect(line).toMatchObject({ level: 30, role: 'replica', leader: 'change-leader', fencingToken: next.fencingToken });
+    expect(replica.logs.filter((l) => l.fencingToken === next.fencingToken && l.leader === 'change-leader')).toHaveLength(1);
+  });
 });
 
 describe('HTTP API: the admin endpoint', () => {
