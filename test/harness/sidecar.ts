@@ -55,9 +55,18 @@ export class Sidecar {
     this.exited = exited;
   }
 
-  /** Starts `leaderd ARGS --id ID --http 127.0.0.1:0` and resolves once it listens. */
-  static async start(id: string, args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Sidecar> {
-    const child = spawn(process.execPath, [BIN, '--id', id, '--http', '127.0.0.1:0', ...args], {
+  /**
+   * Starts `leaderd ARGS --id ID --http 127.0.0.1:0` and resolves once it listens. `command`: how
+   * leaderd is started (the clone's bin under this Node by default, an installed bin for the package).
+   */
+  static async start(
+    id: string,
+    args: readonly string[],
+    env: NodeJS.ProcessEnv = {},
+    command: readonly [string, ...string[]] = [process.execPath, BIN],
+  ): Promise<Sidecar> {
+    const [file, ...before] = command;
+    const child = spawn(file, [...before, '--id', id, '--http', '127.0.0.1:0', ...args], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
