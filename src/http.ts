@@ -65,6 +65,15 @@ type RoleAnswers = ReadonlyMap<string, RoleAnswer>;
 const ROLE_METHODS = ['GET', 'HEAD', 'OPTIONS'];
 
 /**
+ * Not `OPTIONS /`: HAProxy's bare `option httpchk` sends exactly that, and `/` answers 200 on
+ * every node (the leader-elector's answer names the leader), so every node would look like the
+ * primary. Refused (405), it marks every node down, and the README says to name the path.
+ */
+function methodsFor(path: string): readonly string[] {
+  return path === '/' ? ['GET', 'HEAD'] : ROLE_METHODS;
+}
+
+/**
  * Answers about the role, by path. Patroni's names are here where leaderd can mean the same
  * thing (the README says where it cannot); Patroni's `GET /` is `/primary`, but leaderd's `/`
  * stays the Kubernetes leader-elector's answer, which deployments already read.
@@ -99,7 +108,8 @@ export function createHttpServer(options: HttpOptions): Server {
   const answers = roleAnswers(options);
   const app = createApp(options, answers);
   return createServer((req, res) => {
-    const answer = ROLE_METHODS.includes(req.method ?? '') ? answers.get(pathOf(req)) : undefined;
+    const path = pathOf(req);
+    const answer = methodsFor(path).includes(req.method ?? '') ? answers.get(path) : undefined;
     if (answer) {
       try {
         return send(res, answer(options.elector.status(), queryOf(req)), req.method);
@@ -123,7 +133,8 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
 
   for (const [path, answer] of answers) {
     const handler = (req: Request, res: Response) => send(res, answer(elector.status(), queryOf(req)), req.method);
-    app.get(path, handler).options(path, handler);
+    app.get(path, handler);
+    if (methodsFor(path).includes('OPTIONS')) app.options(path, handler);
   }
   app.get('/cluster', (_req, res) => {
     res.json(options.member.cluster());
@@ -132,13 +143,15 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
     res.type(options.metrics.registry.contentType).send(await options.metrics.registry.metrics());
   });
   app.get('/watch', (req, res) => {
+    // Express routes HEAD here too: it gets the stream's headers, and no stream to wait on (nor a
+    // connection kept open for one).
+    const head = req.method === 'HEAD';
     res.writeHead(200, {
       'content-type': 'text/event-stream',
       'cache-control': 'no-store',
-      connection: 'keep-alive',
+      ...(head ? {} : { connection: 'keep-alive' }),
     });
-    // Express routes HEAD here too: it gets the stream's headers, and no stream to wait on.
-    if (req.method === 'HEAD') return void res.end();
+    if (head) return void res.end();
     const push = (status: Status) => res.write(`event: role\ndata: ${JSON.stringify(body(status))}\n\n`);
     const unsubscribe = elector.subscribe({ change: push });
     const keepalive = setInterval(() => res.write(': keep-alive\n\n'), WATCH_KEEPALIVE_MS);
@@ -163,9 +176,9 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
     res.json({ resigned: true, previousRole: before, holdOffSeconds, ...body(elector.status()) });
   });
 
-  for (const path of answers.keys()) route(path, ROLE_METHODS);
+  for (const path of answers.keys()) route(path, [...methodsFor(path)]);
   route('/metrics', ['GET', 'HEAD']);
-  route('/watch', ['GET']);
+  route('/watch', ['GET', 'HEAD']);
   app.post('/switchover', requireAdmin(options.adminToken), jsonBody(), async (req, res) => {
     const parsed = switchoverBody.safeParse(req.body ?? {});
     if (!parsed.success) {
@@ -283,7 +296,8 @@ function jsonBody() {
   return (req: Request, res: Response, next: NextFunction) => {
     const empty = req.get('transfer-encoding') === undefined && Number(req.get('content-length') ?? 0) === 0;
     if (empty || req.is('application/json')) return parse(req, res, next);
-    const type = req.get('content-type') ?? 'none';
+    // Named, not echoed whole: a header can be kilobytes long.
+    const type = (req.get('content-type') ?? 'none').slice(0, 100);
     res.status(415).json({ error: `the body must be JSON: send content-type: application/json (got ${type})` });
   };
 }

@@ -3,7 +3,7 @@
  * `conformance()` with a fixture that says how to put a sidecar on it.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { failover } from './failover.js';
 import { startHookServer } from './fixtures/hook-server.js';
 import { Sidecar, type RoleBody } from './harness/sidecar.js';
+import { readJsonLines } from './harness/json-lines.js';
 
 export interface BackendFixture {
   readonly name: string;
@@ -45,12 +46,7 @@ export function hookArgs(file: string, promoteStatus = 0): string[] {
 }
 
 export function readHookRecords(file: string): Array<Record<string, string>> {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .trim()
-    .split('\n')
-    .filter(Boolean)
-    .map((line) => JSON.parse(line) as Record<string, string>);
+  return readJsonLines<Record<string, string>>(file);
 }
 
 export function scratchFile(name: string): string {

@@ -118,12 +118,20 @@ const PROBES = ['/role', '/primary', '/leader', '/read-write', '/replica', '/rea
 describe('HTTP API: probes as load balancers send them', () => {
   it('answers OPTIONS on every probe endpoint as GET, without the body (HAProxy\'s option httpchk)', async () => {
     // A trailing slash goes through the router rather than the table: it must answer alike.
-    for (const path of [...PROBES, '/primary/', '/replica?lag=0']) {
+    for (const path of [...PROBES.filter((p) => p !== '/'), '/primary/', '/replica?lag=0']) {
       const request = (method: string) => `${method} ${path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n`;
       const get = parseAnswer(await exchange(request('GET')));
       const options = parseAnswer(await exchange(request('OPTIONS')));
       expect(get.body, path).not.toBe('');
       expect(options, path).toEqual({ status: get.status, headers: { ...get.headers, 'content-length': '0' }, body: '' });
+    }
+  });
+
+  it('refuses OPTIONS / (HAProxy\'s bare option httpchk): / answers 200 on every node, so every node would look like the primary', async () => {
+    for (const target of ['/', '/?x=1']) {
+      const answer = parseAnswer(await exchange(`OPTIONS ${target} HTTP/1.0\r\n\r\n`));
+      expect(answer.status, target).toBe('405');
+      expect(answer.headers.allow?.toUpperCase(), target).toBe('GET, HEAD');
     }
   });
 

@@ -41,8 +41,9 @@ beforeAll(async () => {
   work = mkdtempSync(join(tmpdir(), 'leaderd-pack-'));
   const npm = (args: string[], cwd: string) =>
     run('npm', args, { cwd, env: { ...process.env, ...nodeHeaders() }, maxBuffer: 16 * 1024 * 1024, timeout: INSTALL_TIMEOUT_MS });
-  // --json: what went in, as npm reports it; the lifecycle scripts' output goes to stderr.
-  const { stdout } = await npm(['pack', '--json', '--pack-destination', work], ROOT);
+  // --json: what went in, as npm reports it. --ignore-scripts: dist/ is built already (pretest),
+  // and rebuilding it in place would pull it from under any sidecar running from this tree.
+  const { stdout } = await npm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], ROOT);
   packed = (JSON.parse(stdout) as Packed[])[0]!;
   const app = join(work, 'app');
   mkdirSync(app);

@@ -9,7 +9,7 @@
  * Each test names the line of src/ it defends; bench/mutants.ts changes those lines one at a time
  * and checks that some test fails.
  */
-import { rmSync, mkdirSync, mkdtempSync, readFileSync, existsSync, writeFileSync } from 'node:fs';
+import { rmSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +17,7 @@ import { afterEach, describe, expect, it, onTestFailed } from 'vitest';
 import { newElection } from './conformance.js';
 import { Sidecar, type LogLine } from './harness/sidecar.js';
 import { check, type HookRecord } from './overlap.js';
+import { readJsonLines } from './harness/json-lines.js';
 
 const HOOK = fileURLToPath(new URL('./fixtures/chaos-hook.mjs', import.meta.url));
 const ADMIN_TOKEN = 'safety-admin-token';
@@ -95,10 +96,7 @@ class Election {
 
   /** The records so far; a line still being appended (read half-written) waits for the next look. */
   records(): Rec[] {
-    if (!existsSync(this.log)) return [];
-    const lines = readFileSync(this.log, 'utf8').split('\n');
-    const complete = lines.slice(0, -1); // the text after the last newline is not a whole record yet
-    return complete.filter(Boolean).map((line) => JSON.parse(line) as Rec);
+    return readJsonLines<Rec>(this.log);
   }
 
   /** The node's records, as `event:token` (hook starts only, unless `ends`). */

@@ -18,7 +18,7 @@
  * member stands); and no `--max-lag` is given, so a lagging member is never barred from leading.
  * Every sidecar also has an admin token, for POST /switchover.
  */
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,7 @@ import { TcpProxy } from '../harness/proxy.js';
 import { Sidecar, type RoleBody } from '../harness/sidecar.js';
 import { check, termsOf, type HookRecord } from '../overlap.js';
 import type { Deployment } from './deployments.js';
+import { readJsonLines } from '../harness/json-lines.js';
 
 const CHAOS_HOOK = fileURLToPath(new URL('../fixtures/chaos-hook.mjs', import.meta.url));
 const CHECK = fileURLToPath(new URL('../fixtures/check.sh', import.meta.url));
@@ -272,11 +273,7 @@ export class ChaosWorld {
   }
 
   records(): HookRecord[] {
-    if (!existsSync(this.log)) return [];
-    return readFileSync(this.log, 'utf8')
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => JSON.parse(line) as HookRecord);
+    return readJsonLines<HookRecord>(this.log);
   }
 
   /** The split-brain check over the whole log so far. */
