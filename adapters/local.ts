@@ -378,8 +378,9 @@ class LocalSession implements Session {
 
   /**
    * Every live member record and the leader's position. A record is looked at without trusting
-   * it (readEntry); one renamed or removed between the listing and its read makes the listing be
-   * taken again, so that a renewal in between does not hide a live record.
+   * it (readEntry); one renamed between the listing and its read is followed (readMember), and
+   * only one that keeps moving makes the listing be taken again, so that a renewal in between
+   * does not hide a live record.
    */
   private async readRecords(): Promise<ClusterRecords> {
     for (let tries = 1; ; tries++) {
@@ -424,12 +425,33 @@ class LocalSession implements Session {
         }
         seen.set(name, since);
       }
-      const record = await this.readRecord(path, `members/${member[1]}`);
+      const record = await this.readMember(name, `members/${member[1]}`);
       if (record === 'gone') return null;
       if (record !== null) members.push(record);
     }
     this.members = seen;
     return members;
+  }
+
+  /**
+   * A member's record as listed under `name`, or under the name its renewals have moved it to
+   * since (a renewal renames it: the beat at the end of the name moves on). With many members
+   * renewing, some record is renamed during almost every read of them all, so it is followed by
+   * its session rather than the whole listing taken again. null when its session has ended since
+   * (no name of it is left: it is no live record); 'gone' when it keeps moving.
+   */
+  private async readMember(name: string, key: string): Promise<string | null | 'gone'> {
+    let current = name;
+    const session = name.slice(0, name.lastIndexOf('.') + 1);
+    for (let looks = 0; looks < 5; looks++) {
+      const record = await this.readRecord(join(this.membersDir, current), key);
+      if (record !== 'gone') return record;
+      const names = await readdir(this.membersDir).catch(ignoreMissing);
+      const renamed = names.find((n) => n.startsWith(session) && n !== current);
+      if (renamed === undefined) return null;
+      current = renamed;
+    }
+    return 'gone';
   }
 
   /** A record's text; null when it is none (not a regular file, too large); 'gone' when it vanished. */

@@ -705,6 +705,28 @@ describe('local: member records', () => {
   const sessions = memberSessions();
   afterEach(() => sessions.closeAll());
 
+  it('a read while twenty members renew back to back answers with every record, every time', async () => {
+    const election = newElection();
+    const members: Member[] = [];
+    for (let i = 0; i < 20; i++) {
+      const member = await sessions.open(election, `m${i}`);
+      await member.session.publishMember(`r${String(i).padStart(2, '0')}`);
+      members.push(member);
+    }
+    // Each renewal renames its record: the reads below run while records keep changing names.
+    let renewing = true;
+    const renewals = members.map(async (m) => {
+      while (renewing) await m.session.renew();
+    });
+    try {
+      const expected = Array.from({ length: 20 }, (_, i) => `r${String(i).padStart(2, '0')}`);
+      for (let i = 0; i < 50; i++) expect((await cluster(members[i % 20]!)).members).toEqual(expected);
+    } finally {
+      renewing = false;
+      await Promise.all(renewals);
+    }
+  });
+
   it('two sessions publish: each reads both records exactly; a later publish, also after a renewal, replaces the record', async () => {
     const election = newElection();
     const [a, b] = [await sessions.open(election, 'a'), await sessions.open(election, 'b')];
