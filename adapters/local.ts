@@ -93,8 +93,8 @@
  * without a recreated.* marker: no term rests on it. Costs, all local system calls: a publish is a
  * staged write and a rename; a renewal one rename more; readCluster() an lstat and a readdir of
  * members/, then an open, fstat, read and close per record and for leader-position, and an unlink
- * per record it expires. A record renamed between the listing and its read makes it list again,
- * so a renewal in between hides no live record.
+ * per record it expires. A record renamed between the listing and its read is looked for under
+ * its session's newer name (a listing more), so a renewal in between hides no live record.
  *
  * What a cleaner removed is made again before it is used (on every attempt and every renewal),
  * and anything else in the place of lock/, tokens/ or staging/ (a file, a symlink) is unlinked,
@@ -402,7 +402,10 @@ class LocalSession implements Session {
     const own = this.member && this.memberName(this.member.beat);
     const seen = new Map<string, number>();
     const members: string[] = [];
+    // Names read under, when a record was followed to a newer one: listed too, it is not read twice.
+    const read = new Set<string>();
     for (const name of names) {
+      if (read.has(name)) continue;
       const member = MEMBER_NAME.exec(name);
       if (!member) {
         this.warnOnce(`members/${name}`, 'ignoring an entry of members/ that is not a member record', { entry: name });
@@ -425,9 +428,10 @@ class LocalSession implements Session {
         }
         seen.set(name, since);
       }
-      const record = await this.readMember(name, `members/${member[1]}`);
-      if (record === 'gone') return null;
-      if (record !== null) members.push(record);
+      const found = await this.readMember(member, `members/${member[1]}`);
+      if (found === 'gone') return null;
+      read.add(found.name);
+      if (found.record !== null) members.push(found.record);
     }
     this.members = seen;
     return members;
@@ -440,16 +444,22 @@ class LocalSession implements Session {
    * its session rather than the whole listing taken again. null when its session has ended since
    * (no name of it is left: it is no live record); 'gone' when it keeps moving.
    */
-  private async readMember(name: string, key: string): Promise<string | null | 'gone'> {
-    let current = name;
-    const session = name.slice(0, name.lastIndexOf('.') + 1);
+  private async readMember(listed: RegExpExecArray, key: string): Promise<{ name: string; record: string | null } | 'gone'> {
+    const [, session, scope, pid] = listed;
+    let name = listed[0];
+    let beat = Number(listed[4]);
     for (let looks = 0; looks < 5; looks++) {
-      const record = await this.readRecord(join(this.membersDir, current), key);
-      if (record !== 'gone') return record;
-      const names = await readdir(this.membersDir).catch(ignoreMissing);
-      const renamed = names.find((n) => n.startsWith(session) && n !== current);
-      if (renamed === undefined) return null;
-      current = renamed;
+      const record = await this.readRecord(join(this.membersDir, name), key);
+      if (record !== 'gone') return { name, record };
+      // Its newest name: the same session and process, a later beat (anything else is not its).
+      let newest: RegExpExecArray | null = null;
+      for (const other of await readdir(this.membersDir).catch(ignoreMissing)) {
+        const m = MEMBER_NAME.exec(other);
+        if (m && m[1] === session && m[2] === scope && m[3] === pid && Number(m[4]) > Number(newest?.[4] ?? beat)) newest = m;
+      }
+      if (newest === null) return { name, record: null };
+      name = newest[0];
+      beat = Number(newest[4]);
     }
     return 'gone';
   }
