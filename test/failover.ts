@@ -346,6 +346,16 @@ export function failover(fixture: BackendFixture): void {
         for (const node of nodes) expect(await until(() => withdrew(node), electTimeout), `${node.id} withdrew`).toBe(true);
       }
 
+      /** POST /switchover to `node`, naming `candidate`, with the admin token. */
+      async function switchoverTo(node: Sidecar, candidate: string) {
+        const answer = await node.fetch('/switchover', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
+          body: JSON.stringify({ candidate }),
+        });
+        return { answer, body: (await answer.json()) as { to?: string; fencingToken?: number; error?: string } };
+      }
+
       /** Five members without a check, following `leader`. */
       async function plainFollowers(e: string, leader: Sidecar): Promise<Sidecar[]> {
         const nodes: Sidecar[] = [];
@@ -390,12 +400,7 @@ export function failover(fixture: BackendFixture): void {
         await allKnow([l, ...others], 'x', 100);
         const before = (await l.role()).fencingToken!;
 
-        const answer = await l.fetch('/switchover', {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
-          body: JSON.stringify({ candidate: 'x' }),
-        });
-        const body = (await answer.json()) as { to?: string; fencingToken?: number; error?: string };
+        const { answer, body } = await switchoverTo(l, 'x');
         expect(answer.status, JSON.stringify(body)).toBe(200);
         expect(body.to).toBe('x');
         expect(body.fencingToken!).toBeGreaterThan(before);
@@ -418,12 +423,7 @@ export function failover(fixture: BackendFixture): void {
         await waitForCluster(p, (body) => body.members.some((m) => m.id === 'n'), electTimeout, 'n');
         const before = (await p.role()).fencingToken!;
 
-        const answer = await p.fetch('/switchover', {
-          method: 'POST',
-          headers: { 'content-type': 'application/json', authorization: `Bearer ${ADMIN_TOKEN}` },
-          body: JSON.stringify({ candidate: 'n' }),
-        });
-        const body = (await answer.json()) as { to?: string; fencingToken?: number; error?: string };
+        const { answer, body } = await switchoverTo(p, 'n');
         expect(answer.status, JSON.stringify(body)).toBe(200);
         expect(body.to).toBe('n');
         expect(body.fencingToken!).toBeGreaterThan(before);
