@@ -209,10 +209,10 @@ export class Member implements Gate {
 
   /**
    * Whether this node keeps its place in the backend's queue while someone else leads. A member
-   * without a check does: its own facts never move, so standing costs no churn, the next in line
-   * takes over as without a gate (no extra read, no new candidacy, the backend's order kept), and
-   * the comparison with the others is made once, at the front (confirm). A member with a check
-   * stands only once the leader has gone, on a position checked since.
+   * without a check does, while it knows of no better member: its own facts never move, so
+   * standing costs no churn, and the next in line takes over as without a gate (no extra
+   * campaign, the backend's order kept), confirmed at the front on a fresh read. A member with a
+   * check stands only once the leader has gone, on a position checked since.
    */
   private standsBehindLeader(): boolean {
     if (this.options.check !== null || this.handoverTo !== null) return false;
