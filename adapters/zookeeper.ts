@@ -146,7 +146,7 @@ class ZookeeperSession implements Session {
       zk.init({});
     });
     // The client passes itself first, then the state it closed in. It reports "expired" both for
-    // a session the ensemble expired and for one it gave up on itself (see the README).
+    // a session the ensemble expired and for one it gave up on itself (see docs/backends.md).
     zk.on('close', (_client: unknown, state: number) => {
       if (this.closed) return;
       const why =

@@ -76,7 +76,7 @@ export async function runCheck({ argv, timeoutMs, facts, log, cancel }: CheckRun
   if (!result.success) {
     const issue = result.error.issues[0];
     const field = issue?.path.length ? `"${issue.path.join('.')}"` : 'the output';
-    return unhealthy(`${field} is not what the check may print: ${issue?.message ?? 'invalid'} (see --check in the README)`);
+    return unhealthy(`${field} is not what the check may print: ${issue?.message ?? 'invalid'} (see --check in docs/replication.md)`);
   }
   const { position, eligible = true } = result.data;
   return { healthy: true, eligible, position: position === undefined ? null : BigInt(position), reason: null };

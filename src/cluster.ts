@@ -170,7 +170,7 @@ export interface GateFacts {
   readonly maxLag: bigint | null;
 }
 
-/** Rules 1-3 of the README: what this member's own facts say, whatever the others'. */
+/** Rules 1-3 of docs/replication.md ("Who may lead"): what this member's own facts say, whatever the others'. */
 export function ownVerdict(facts: Omit<GateFacts, 'others'>): Verdict {
   const { check } = facts;
   if (!check.healthy) return { ok: false, reason: `unhealthy: ${check.reason ?? 'the check failed'}` };
@@ -185,7 +185,7 @@ export function ownVerdict(facts: Omit<GateFacts, 'others'>): Verdict {
 }
 
 /**
- * May this member take leadership? (README, "Replication-aware failover".) Healthy and eligible
+ * May this member take leadership? (docs/replication.md, "Who may lead".) Healthy and eligible
  * by its check, priority above 0, within --max-lag of the last leader's position, and no other
  * live member that could lead is ahead of it, or level with it and of higher priority. A tie on
  * both is left to the backend's order: every tied member stands, and the first one leads, so

@@ -81,7 +81,7 @@ export interface BackendRequirements {
  * The least time between a node's renew deadline and the end of its lease. At its deadline a
  * primary stops answering as primary and starts its demote hook; the margin is what separates
  * that moment from the earliest a successor can be granted the lease (timer latency, a hook's
- * start, a service that ends a session right after a renewal). See the README's safety model.
+ * start, a service that ends a session right after a renewal). See docs/safety.md.
  */
 export const DEADLINE_MARGIN_SECONDS = 0.25;
 

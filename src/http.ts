@@ -7,7 +7,7 @@
  *
  * The role answers are what applications poll and probes hit, on every node, all the time. The
  * server gives them straight from a table and hands every other request to express, whose
- * per-request setup costs several times the answer itself (see the README's HTTP benchmark).
+ * per-request setup costs several times the answer itself (see the HTTP benchmark in docs/benchmarks.md).
  * Express serves the same table, so a path the table does not match exactly (`/role/`, `/ROLE`)
  * gets the same answer, only slower.
  */
@@ -67,7 +67,7 @@ const ROLE_METHODS = ['GET', 'HEAD', 'OPTIONS'];
 /**
  * Not `OPTIONS /`: HAProxy's bare `option httpchk` sends exactly that, and `/` answers 200 on
  * every node (the leader-elector's answer names the leader), so every node would look like the
- * primary. Refused (405), it marks every node down, and the README says to name the path.
+ * primary. Refused (405), it marks every node down, and docs/http-api.md says to name the path.
  */
 function methodsFor(path: string): readonly string[] {
   return path === '/' ? ['GET', 'HEAD'] : ROLE_METHODS;
@@ -75,7 +75,7 @@ function methodsFor(path: string): readonly string[] {
 
 /**
  * Answers about the role, by path. Patroni's names are here where leaderd can mean the same
- * thing (the README says where it cannot); Patroni's `GET /` is `/primary`, but leaderd's `/`
+ * thing (docs/http-api.md says where it cannot); Patroni's `GET /` is `/primary`, but leaderd's `/`
  * stays the Kubernetes leader-elector's answer, which deployments already read.
  */
 function roleAnswers(options: HttpOptions): RoleAnswers {

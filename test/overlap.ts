@@ -5,8 +5,8 @@
  * proves that no two of them overlap and that fencing tokens grow from term to term.
  *
  * A term starts when the promote hook starts. It ends when the application has *finished*
- * stepping down: when the demote hook exits, which the chaos hook records as `demote-done`. The
- * README promises exactly that: a successor's promote hook starts only after its predecessor's
+ * stepping down: when the demote hook exits, which the chaos hook records as `demote-done`.
+ * docs/safety.md promises exactly that: a successor's promote hook starts only after its predecessor's
  * demote hook has finished, whenever the predecessor was alive to run it. A term also ends when
  * the harness killed its node (the instance died with it; a demote hook still running then does
  * not extend it). Hooks that do not record their end (test/fixtures/record-hook.mjs) end a term

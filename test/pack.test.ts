@@ -57,10 +57,10 @@ afterAll(async () => {
 });
 
 describe('npm pack', () => {
-  it('packs the compiled code, the bin and the README, and no sources, tests or benchmarks', () => {
+  it('packs the compiled code, the bin, the README and docs/, and no sources, tests or benchmarks', () => {
     const paths = packed.files.map((f) => f.path);
-    expect(paths).toEqual(expect.arrayContaining(['bin/leaderd.js', 'dist/src/cli.js', 'dist/adapters/index.js', 'README.md', 'package.json']));
-    expect(paths.filter((p) => !/^(bin\/|dist\/(src|adapters)\/[^/]+\.js$|README\.md$|package\.json$)/.test(p))).toEqual([]);
+    expect(paths).toEqual(expect.arrayContaining(['bin/leaderd.js', 'dist/src/cli.js', 'dist/adapters/index.js', 'README.md', 'docs/safety.md', 'package.json']));
+    expect(paths.filter((p) => !/^(bin\/|dist\/(src|adapters)\/[^/]+\.js$|README\.md$|docs\/[a-z-]+\.md$|package\.json$)/.test(p))).toEqual([]);
   });
 
   it('installs into an empty directory; its bin leads and exits 0 at once on SIGTERM', async () => {

@@ -1,5 +1,5 @@
 /**
- * The hand-over promises of the README ("Hooks" → Safety, "The safety model" → The handover),
+ * The hand-over promises of docs/hooks.md (Safety) and docs/safety.md (The handover),
  * each defended by real sidecars on the local backend whose hooks record, on the host's monotonic
  * clock, when they start and when they finish (test/fixtures/chaos-hook.mjs). Slow hooks are made
  * slow in two ways: a delay, or a *hold* that keeps the hook running until the test deletes a file,
