@@ -3,9 +3,9 @@
  * lead by the check's health and position, --max-lag, --priority, and switchover. A small check
  * script fed by files the test writes stands in for the application (test/fixtures/check.sh).
  */
-import { renameSync, writeFileSync } from 'node:fs';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, onTestFailed } from 'vitest';
 import type { BackendFixture } from './conformance.js';
 import { histogramCount, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
 import { until } from './chaos/world.js';
@@ -38,6 +38,15 @@ class Application {
   slow(seconds: number): void {
     writeFileSync(`${this.file}.delay.tmp`, String(seconds));
     renameSync(`${this.file}.delay.tmp`, `${this.file}.delay`);
+  }
+
+  /** Checks started from now on do not finish until release(). */
+  hold(): void {
+    writeFileSync(`${this.file}.hold`, '');
+  }
+
+  release(): void {
+    rmSync(`${this.file}.hold`, { force: true });
   }
 
   args(): string[] {
@@ -79,6 +88,7 @@ export function failover(fixture: BackendFixture): void {
   const failoverTimeout = ttlMs * 3 + 10000;
 
   describe(`${fixture.name}: replication-aware failover`, () => {
+    beforeEach(() => onTestFailed(() => console.error(`the sidecars' logs: ${Sidecar.dumpLogs(scratchFile('failover-logs'))}`)));
     afterEach(() => Sidecar.killAll());
 
     const election = () => newElection();
@@ -126,7 +136,8 @@ export function failover(fixture: BackendFixture): void {
       const [appB, appC] = [new Application(50), new Application(40)];
       const a = await leading('a', e, new Application(100), slowly);
       const [b, c] = await join(a, e, [
-        ['b', appB, slowly],
+        // b's check may hang for longer than a check interval without failing (see below).
+        ['b', appB, ['--check-interval', '5', '--check-timeout', '30', '--unhealthy-after', '30']],
         ['c', appC, slowly],
       ]);
       await waitForCluster(a, (body) => body.members.map((m) => m.position).join() === '100,50,40', electTimeout, 'the first positions');
@@ -134,14 +145,20 @@ export function failover(fixture: BackendFixture): void {
       b!.signal('SIGSTOP');
       // Its session has ended when its record is gone.
       await waitForCluster(a, (body) => !body.members.some((m) => m.id === 'b'), failoverTimeout, "b's record gone");
+      // b's checks hang from here, so what its new session publishes is its last check's position.
+      appB.hold();
       b!.signal('SIGCONT');
       await b!.waitForLog((l) => l.msg === 'session opened', electTimeout, 'a new session', 2);
       await b!.waitForState((s) => s.role === 'replica' && s.leader?.id === 'a', electTimeout, 'replica of a again');
-      // Both catch up, b further; b's check is slow, so c's record is news first.
+      // A member whose record nobody can see yet is not waited for when the leader goes: the test
+      // waits until the others can see it (a reads the records once per check interval).
+      await waitForCluster(a, (body) => body.members.some((m) => m.id === 'b' && m.position === 50), electTimeout, "b's record back");
+      expect(b!.logs.filter((l) => /^check: /.test(String(l.msg))).map((l) => l.msg)).toEqual(['check: healthy']);
+      // Both catch up, b further; b's check is still hanging, so c's record is news first.
       appB.set(100);
-      appB.slow(1);
       appC.set(90);
       await a.stop();
+      appB.release();
       const { primary } = await settled([b!, c!], failoverTimeout);
 
       expect(primary).toBe(b);

@@ -3,6 +3,7 @@
  * on events the sidecar emits (its /watch stream, its log lines, its exit), never by sleeping.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { EventSourceParserStream } from 'eventsource-parser/stream';
@@ -37,6 +38,12 @@ export interface Exit {
 }
 
 const running = new Set<Sidecar>();
+/**
+ * Every sidecar started since the killAll() before the last start, stopped ones too: whose logs a
+ * failed test shows (after its teardown has killed them).
+ */
+let started: Sidecar[] = [];
+let killedAll = false;
 
 export class Sidecar {
   readonly logs: LogLine[] = [];
@@ -95,15 +102,25 @@ export class Sidecar {
     sidecar = new Sidecar(id, child, url, logs, exited);
     sidecar.stderr = stderr;
     running.add(sidecar);
+    if (killedAll) started = [];
+    killedAll = false;
+    started.push(sidecar);
     void exited.then(() => running.delete(sidecar!));
     return sidecar;
   }
 
   /** Kills every sidecar still running (test teardown). */
   static async killAll(): Promise<void> {
+    killedAll = true;
     const all = [...running];
     for (const sidecar of all) sidecar.child.kill('SIGKILL');
     await Promise.all(all.map((s) => s.exited));
+  }
+
+  /** Writes the logs of the sidecars of the last test (see `started`) to `file`; returns it. */
+  static dumpLogs(file: string): string {
+    writeFileSync(file, started.map((s) => `--- ${s.id}\n${s.logs.map((l) => JSON.stringify(l)).join('\n')}\n`).join(''));
+    return file;
   }
 
   get pid(): number {
