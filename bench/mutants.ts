@@ -140,7 +140,7 @@ const MUTANTS: readonly Mutant[] = [
 
   // --- a dropped session ---
   { id: 'E20', file: E, what: 'a dropped session is released only after the demote hook has finished', from: "    const released = this.options\n      .settle()\n      .then(() => this.request('close', () => session.close()))\n", to: "    const released = this.request('close', () => session.close())\n" },
-  { id: 'E21', file: E, what: 'a dropped session publishes the demote before it is released', from: "'session ended');\n    this.reconcile(reason);\n", to: "'session ended');\n" },
+  { id: 'E21', file: E, what: 'a dropped session publishes the demote before it is released', from: "'session ended',\n    );\n    this.reconcile(reason);\n", to: "'session ended',\n    );\n" },
 
   // --- the publish order and the transitions ---
   {

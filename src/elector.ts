@@ -544,9 +544,12 @@ export class Elector {
   }
 
   /** Ends the current session (its term, if any, with it); the loop opens a new one. */
-  private dropSession(reason: string): void {
+  private dropSession(noticed: string): void {
     const session = this.session;
     if (!session) return;
+    // Whatever brought the news (after a freeze, the backend's word that the session is gone may
+    // be read before any timer runs), a deadline that had passed ended the term first.
+    const reason = this.lease?.isValid() === false ? 'lease deadline passed' : noticed;
     const lateMs = this.lease?.noticedLateMs;
     this.session = null;
     this.attempt = null;
@@ -554,7 +557,10 @@ export class Elector {
     this.standingIn = null;
     this.promotedIn = null;
     clearTimeout(this.deadlineTimer);
-    this.options.log.warn({ reason, ...(lateMs != null ? { lateMs: Math.round(lateMs) } : {}) }, 'session ended');
+    this.options.log.warn(
+      { reason, ...(reason !== noticed ? { noticed } : {}), ...(lateMs != null ? { lateMs: Math.round(lateMs) } : {}) },
+      'session ended',
+    );
     this.reconcile(reason);
     // Release only once the application has acted on the demote, as on a clean stop. Nobody
     // renews the lease any more, so it expires meanwhile if releasing takes long.
