@@ -1,7 +1,8 @@
-/** Installs the coordination servers and container tools the suite needs before any test runs. */
+/** Installs the coordination servers and container and systemd tools the suite needs before any test runs. */
 import { ensureConsulInstalled } from './harness/consul.js';
 import { ensureEtcdInstalled } from './harness/etcd.js';
 import { ensurePodmanInstalled } from './harness/podman.js';
+import { ensureSystemdAnalyzeInstalled } from './harness/systemd.js';
 import { ensureZookeeperInstalled } from './harness/zookeeper.js';
 
 export default function setup(): void {
@@ -9,4 +10,5 @@ export default function setup(): void {
   ensureConsulInstalled();
   ensureZookeeperInstalled();
   ensurePodmanInstalled();
+  ensureSystemdAnalyzeInstalled();
 }
