@@ -2,10 +2,12 @@
  * The container image as deploy/Containerfile builds it, built and run as a user would: on the
  * stand-in for node:20-bookworm-slim (no registry is reachable here, see test/harness/podman.ts),
  * run with the local backend on the host's network, asked for its role over HTTP, and stopped
- * with `podman stop`, whose SIGTERM must reach Node: it leads, then exits 0 at once.
+ * with `podman stop`, whose SIGTERM must reach Node: it leads, then exits 0 at once. Then run as
+ * deploy/kubernetes/ runs it, on etcd.
  *
  * Cost on this machine's type (2 cores): about 30 s for the base the first time a store needs it
- * (every CI run), about 45 s for the image, built whole every run.
+ * (every CI run), about 45 s for the image, built whole every run, on an otherwise idle machine;
+ * two to three times that under heavy load.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,7 +32,7 @@ let etcd: EtcdServer | undefined;
 const scratch = mkdtempSync(join(tmpdir(), 'leaderd-container-'));
 
 beforeAll(async () => {
-  podman = Podman.private();
+  podman = Podman.forTests();
   const base = await podman.standInBaseImage();
   const ca = process.env.NODE_EXTRA_CA_CERTS;
   await podman.podman(
@@ -43,7 +45,7 @@ beforeAll(async () => {
       '--network', 'host',
       '--build-arg', `BASE_IMAGE=${base}`,
       ...(ca ? ['--volume', `${ca}:${BUILD_CA_PATH}:ro`, '--build-arg', `NODE_EXTRA_CA_CERTS=${BUILD_CA_PATH}`] : []),
-      '--file', 'deploy/Containerfile',
+      '--file', join(ROOT, 'deploy', 'Containerfile'),
       '--tag', IMAGE,
       ROOT,
     ],

@@ -56,7 +56,7 @@ export class Podman {
   private constructor(readonly env: NodeJS.ProcessEnv) {}
 
   /** Podman with the suite's own configuration and image store (written on every call). */
-  static private(): Podman {
+  static forTests(): Podman {
     const dir = join(ROOT, '.cache', 'containers');
     mkdirSync(dir, { recursive: true });
     const nofile = Math.min(hardLimit('Max open files'), 65536);
