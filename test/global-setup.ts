@@ -1,10 +1,14 @@
-/** Installs the coordination servers the suite needs before any test runs. */
+/** Installs the coordination servers and container and systemd tools the suite needs before any test runs. */
 import { ensureConsulInstalled } from './harness/consul.js';
 import { ensureEtcdInstalled } from './harness/etcd.js';
+import { ensurePodmanInstalled } from './harness/podman.js';
+import { ensureSystemdAnalyzeInstalled } from './harness/systemd.js';
 import { ensureZookeeperInstalled } from './harness/zookeeper.js';
 
 export default function setup(): void {
   ensureEtcdInstalled();
   ensureConsulInstalled();
   ensureZookeeperInstalled();
+  ensurePodmanInstalled();
+  ensureSystemdAnalyzeInstalled();
 }

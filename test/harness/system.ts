@@ -11,9 +11,9 @@ export function runs(path: string, args: readonly string[]): boolean {
   }
 }
 
-/** Installs a Debian package (the test harness runs as root, with Debian's mirrors reachable). */
-export function aptInstall(pkg: string): void {
+/** Installs Debian packages (the test harness runs as root, with Debian's mirrors reachable). */
+export function aptInstall(...pkgs: readonly string[]): void {
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', pkg], { stdio: 'inherit', env });
+  execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
 }
