@@ -16,6 +16,7 @@ import { createLogger, type Logger } from './log.js';
 import { Member } from './member.js';
 import { Metrics } from './metrics.js';
 import { clusterCommand } from './cluster-command.js';
+import { checkCommands } from './preflight.js';
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -27,6 +28,7 @@ export async function main(argv: readonly string[]): Promise<void> {
     if (command.kind === 'help') return void process.stdout.write(helpText(VERSION));
     if (command.kind === 'version') return void process.stdout.write(`${VERSION}\n`);
     config = command.config;
+    checkCommands(config);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     process.stderr.write(`leaderd: invalid configuration: ${error.message}\n`);
