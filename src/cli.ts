@@ -136,11 +136,13 @@ async function run(config: Config): Promise<void> {
   const address = server.address();
   log.info(
     {
-      http: typeof address === 'object' && address ? `${address.address}:${address.port}` : String(address),
+      // An IPv6 address bracketed, as in a URL: "[::1]:7070", not "::1:7070".
+      http: typeof address === 'object' && address ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` : String(address),
       backend: backend.kind,
       ttlSeconds: config.ttlSeconds,
       leaseSeconds: config.leaseSeconds,
-      renewDeadlineSeconds: config.renewDeadlineSeconds,
+      // Durations in whole milliseconds: the default renew deadline is 2/3 of the lease.
+      renewDeadlineSeconds: Math.round(config.renewDeadlineSeconds * 1000) / 1000,
       // Which events have hooks, not the commands: their arguments may carry credentials.
       hooks: [...Object.keys(config.hooks.exec), ...(config.hooks.url ? ['url'] : [])],
       admin: config.adminToken !== null,

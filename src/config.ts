@@ -461,7 +461,12 @@ const schema = z.object({
   'promote-failure': z.enum(['resign', 'ignore'], { error: 'must be resign or ignore' }).default('resign'),
   'admin-token': secret('admin-token').optional(),
   'admin-token-file': text.optional(),
-  'log-level': z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
+  // pino's level names; "INFO" from an environment file means info too. Numbers are refused: they
+  // are pino's internals, not names an operator should have to know.
+  'log-level': text
+    .transform((v) => v.toLowerCase())
+    .pipe(z.enum(LOG_LEVELS, { error: (issue) => `must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(issue.input)}` }))
+    .default('info'),
   config: z.unknown().optional(),
 });
 

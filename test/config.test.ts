@@ -1,5 +1,7 @@
+import { spawn } from 'node:child_process';
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { BACKENDS } from '../adapters/index.js';
@@ -7,7 +9,7 @@ import { OPTIONS, envName, parseCommand, type Config } from '../src/config.js';
 import { hookEnvironment } from '../src/hooks.js';
 import { checkCommands } from '../src/preflight.js';
 import { scratchFile } from './conformance.js';
-import { runLeaderd } from './harness/sidecar.js';
+import { BIN, runLeaderd } from './harness/sidecar.js';
 
 function config(argv: string[], env: NodeJS.ProcessEnv = {}): Config {
   const command = parseCommand(argv, env, BACKENDS);
@@ -188,6 +190,8 @@ describe('configuration', () => {
     ['a misspelt variable', [], { LEADERD_TTLL: '5' }, /^LEADERD_TTLL: no such setting; did you mean LEADERD_TTL\?$/],
     ['an unknown variable', [], { LEADERD_FLAVOUR: 'x' }, /^LEADERD_FLAVOUR: no such setting \(see --help\)$/],
     ['an unknown variable, even when empty', [], { LEADERD_TTLL: '' }, /^LEADERD_TTLL: no such setting; did you mean LEADERD_TTL\?$/],
+    ['a log level by number', ['--log-level', '30'], {}, /^log-level: must be one of fatal, error, warn, info, debug, trace, silent, got "30" \(set by --log-level\)$/],
+    ['an unknown log level', [], { LEADERD_LOG_LEVEL: 'verbose' }, /^log-level: must be one of .*, got "verbose" \(set by LEADERD_LOG_LEVEL\)$/],
     ['a fact variable outside a hook', [], { LEADERD_ROLE: 'primary' }, /^LEADERD_ROLE: no such setting/],
   ];
   for (const [what, argv, env, message] of oddValues) {
@@ -195,6 +199,13 @@ describe('configuration', () => {
       expect(() => config(argv, env)).toThrow(message);
     });
   }
+
+  it('takes pino\'s level names for --log-level, in any case', () => {
+    expect(config([]).logLevel).toBe('info');
+    expect(config(['--log-level', 'debug']).logLevel).toBe('debug');
+    expect(config([], { LEADERD_LOG_LEVEL: 'WARN' }).logLevel).toBe('warn');
+    expect(config(['--log-level', 'silent']).logLevel).toBe('silent');
+  });
 
   it('says which file a bad value was read from', () => {
     const file = yamlFile('ttl: 10s\n');
@@ -277,6 +288,24 @@ describe('the leaderd command', () => {
       const result = await runLeaderd(['--http', '127.0.0.1:0', '--local-dir', dir, '--election', 'pseudo']);
       expect(result.code, dir).toBe(2);
       expect(result.stderr).toMatch(new RegExp(`^leaderd: invalid configuration: local-dir: ${message.replace(/[()]/g, '\\$&')}[^\\n]*\\n$`));
+    }
+  });
+
+  it('logs levels by name, the startup line with rounded durations and a bracketed IPv6 address', async () => {
+    const child = spawn(process.execPath, [BIN, '--id', 'v6', '--http', '[::1]:0', '--local-dir', scratchFile('dir'), '--election', 'v6', '--ttl', '1'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      const first = await new Promise<string>((resolve) => createInterface({ input: child.stdout }).once('line', resolve));
+      expect(first).toMatch(/^\{"level":"info",/);
+      const started = JSON.parse(first) as { msg: string; http: string; renewDeadlineSeconds: number };
+      expect(started).toMatchObject({ msg: 'leaderd started', http: expect.stringMatching(/^\[::1\]:\d+$/), renewDeadlineSeconds: 0.667 });
+      const role = await fetch(`http://${started.http}/role`, { signal: AbortSignal.timeout(10000) });
+      expect(role.status).toBe(200);
+    } finally {
+      child.kill('SIGTERM');
+      await exited;
     }
   });
 
