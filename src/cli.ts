@@ -12,11 +12,14 @@ import { ConfigError, helpText, parseCommand, type Config } from './config.js';
 import { Elector, errorMessage } from './elector.js';
 import { HookRunner } from './hooks.js';
 import { createHttpServer, listen } from './http.js';
-import { createLogger, type Logger } from './log.js';
+import { createLogging, type Logging } from './log.js';
 import { Member } from './member.js';
 import { Metrics } from './metrics.js';
 import { clusterCommand } from './cluster-command.js';
 import { checkCommands } from './preflight.js';
+
+/** The longest leaderd waits, before exiting, for its last log lines to be written. */
+const LOG_FLUSH_MS = 1000;
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -38,9 +41,10 @@ export async function main(argv: readonly string[]): Promise<void> {
 }
 
 async function run(config: Config): Promise<void> {
-  const log = createLogger(config.logLevel, { election: config.election, id: config.id });
-  process.on('uncaughtException', (error) => crash(log, error));
-  process.on('unhandledRejection', (error) => crash(log, error));
+  const logging = createLogging(config.logLevel, { election: config.election, id: config.id });
+  const { log } = logging;
+  process.on('uncaughtException', (error) => crash(logging, error));
+  process.on('unhandledRejection', (error) => crash(logging, error));
 
   const timing = {
     ttlMs: config.leaseSeconds * 1000,
@@ -58,6 +62,8 @@ async function run(config: Config): Promise<void> {
     server?.closeAllConnections();
     server?.close();
     log.info('stopped');
+    // The log is written asynchronously: give it a moment to reach a reader, never more.
+    await logging.flush(LOG_FLUSH_MS);
     process.exit(code);
   };
 
@@ -97,6 +103,7 @@ async function run(config: Config): Promise<void> {
     version: VERSION,
     status: () => elector.status(),
     member: () => member.state(),
+    droppedLogLines: () => logging.dropped(),
   });
   const hooks: HookRunner = new HookRunner({
     election: config.election,
@@ -168,7 +175,7 @@ async function run(config: Config): Promise<void> {
   member.start();
 }
 
-function crash(log: Logger, error: unknown): void {
-  log.fatal({ err: error instanceof Error ? (error.stack ?? error.message) : String(error) }, 'unexpected failure');
-  process.exit(1);
+function crash(logging: Logging, error: unknown): void {
+  logging.log.fatal({ err: error instanceof Error ? (error.stack ?? error.message) : String(error) }, 'unexpected failure');
+  void logging.flush(LOG_FLUSH_MS).finally(() => process.exit(1));
 }

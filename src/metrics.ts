@@ -20,6 +20,8 @@ export interface MetricsOptions {
   readonly status: () => Status;
   /** Read at scrape time, like `status`; set once the member exists. */
   member?: () => MemberState;
+  /** Log lines dropped so far because stdout was full or closed (see log-writer.ts). */
+  readonly droppedLogLines?: () => number;
 }
 
 export class Metrics implements ElectorListener, HookListener, MemberListener {
@@ -179,6 +181,15 @@ export class Metrics implements ElectorListener, HookListener, MemberListener {
       collect() {
         const m = member();
         this.set(m && m.healthy && m.eligible && m.priority > 0 ? 1 : 0);
+      },
+    });
+    new Counter({
+      name: 'leaderd_log_lines_dropped_total',
+      help: 'Log lines dropped because stdout was full (a stalled reader) or closed.',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(options.droppedLogLines?.() ?? 0);
       },
     });
     this.checkRuns = new Counter({ name: 'leaderd_check_runs_total', help: 'Check runs.', registers });
