@@ -17,6 +17,7 @@ import { Member } from './member.js';
 import { Metrics } from './metrics.js';
 import { clusterCommand } from './cluster-command.js';
 import { checkCommands } from './preflight.js';
+import { PromoteFailures } from './backoff.js';
 
 /** The longest leaderd waits, before exiting, for its last log lines to be written. */
 const LOG_FLUSH_MS = 1000;
@@ -67,6 +68,7 @@ async function run(config: Config): Promise<void> {
     process.exit(code);
   };
 
+  const promoteFailures = new PromoteFailures();
   const member: Member = new Member({
     election: config.election,
     id: config.id,
@@ -104,6 +106,7 @@ async function run(config: Config): Promise<void> {
     status: () => elector.status(),
     member: () => member.state(),
     droppedLogLines: () => logging.dropped(),
+    promoteFailuresInARow: () => promoteFailures.inARow,
   });
   const hooks: HookRunner = new HookRunner({
     election: config.election,
@@ -112,13 +115,31 @@ async function run(config: Config): Promise<void> {
     url: config.hooks.url,
     timeoutMs: config.hooks.timeoutSeconds * 1000,
     log,
-    listener: metrics,
+    listener: {
+      hookRun: (event, seconds, failed) => {
+        metrics.hookRun(event, seconds, failed);
+        if (event === 'promote' && !failed) promoteFailures.reset();
+      },
+    },
     holdsTerm: (token) => elector.holdsTerm(token),
     promoteFailed: (reason) => {
-      if (config.hooks.promoteFailure === 'resign') void elector.resign(config.ttlSeconds * 1000, reason);
+      const holdOffMs = promoteFailures.failed(config.ttlSeconds * 1000);
+      if (config.hooks.promoteFailure !== 'resign') return;
+      if (promoteFailures.inARow > 1) {
+        log.warn(
+          { failuresInARow: promoteFailures.inARow, holdOffSeconds: holdOffMs / 1000 },
+          'the promote hook keeps failing: staying out of the race longer each time',
+        );
+      }
+      void elector.resign(holdOffMs, reason);
     },
   });
   elector.subscribe(metrics);
+  elector.subscribe({
+    transition: ({ event, leader }) => {
+      if (event === 'leader-change' && leader !== null && leader.id !== config.id) promoteFailures.reset();
+    },
+  });
   elector.subscribe({ transition: (transition) => hooks.enqueue(transition) });
 
   let server: Server | undefined;

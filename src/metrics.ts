@@ -31,6 +31,8 @@ export interface MetricsOptions {
   member?: () => MemberState;
   /** Log lines dropped so far because stdout was full or closed (see log-writer.ts). */
   readonly droppedLogLines?: () => number;
+  /** This node's promote hooks that failed in a row (see backoff.ts). */
+  readonly promoteFailuresInARow?: () => number;
 }
 
 export class Metrics implements ElectorListener, HookListener, MemberListener {
@@ -203,6 +205,14 @@ export class Metrics implements ElectorListener, HookListener, MemberListener {
       collect() {
         const m = member();
         this.set(m && m.healthy && m.eligible && m.priority > 0 ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'leaderd_promote_failures_in_a_row',
+      help: "This node's promote hooks that failed in a row; each doubles the hold-off before it stands again.",
+      registers,
+      collect() {
+        this.set(options.promoteFailuresInARow?.() ?? 0);
       },
     });
     new Counter({
