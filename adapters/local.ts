@@ -109,8 +109,8 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { constants, watch, type FSWatcher, readFileSync, readlinkSync, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, rename, rm, rmdir, stat, unlink, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { access, lstat, mkdir, open, readdir, rename, rm, rmdir, stat, statfs, unlink, writeFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
 import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started } from '../src/backend.js';
 import { monotonicMs } from '../src/clock.js';
@@ -851,17 +851,25 @@ class LocalSession implements Session {
 async function ownDirectory(path: string): Promise<{ made: boolean; inode: number }> {
   let made: boolean;
   try {
-    made = (await mkdir(path, { recursive: true, mode: 0o700 })) !== undefined;
+    made = await makeDirectories(resolve(path));
   } catch (error) {
     const reason = code(error);
     if (reason === 'EEXIST' || reason === 'ENOTDIR') throw new BackendConfigError(`local-dir: ${path} is not a directory`);
-    if (reason === 'EACCES' || reason === 'EPERM' || reason === 'EROFS') {
+    if (reason === 'EACCES' || reason === 'EPERM' || reason === 'EROFS' || reason === 'ENOENT') {
       throw new BackendConfigError(`local-dir: cannot create ${path} (${reason}); choose a directory of your own with --local-dir`);
     }
     throw error;
   }
   const info = await stat(path);
   if (!info.isDirectory()) throw new BackendConfigError(`local-dir: ${path} is not a directory`);
+  const filesystem = PSEUDO_FILESYSTEMS.get((await statfs(path)).type);
+  if (filesystem) throw new BackendConfigError(`local-dir: ${path} is on ${filesystem}, which cannot hold files; choose a directory on a real filesystem`);
+  try {
+    // Root passes every permission check but a read-only mount's (EROFS).
+    await access(path, constants.W_OK | constants.X_OK);
+  } catch (error) {
+    throw new BackendConfigError(`local-dir: cannot write in ${path} (${code(error)}); choose a directory of your own with --local-dir`);
+  }
   if (process.getuid && info.uid !== process.getuid()) {
     throw new BackendConfigError(`local-dir: ${path} belongs to another user (uid ${info.uid}); choose a directory of your own`);
   }
@@ -869,6 +877,46 @@ async function ownDirectory(path: string): Promise<{ made: boolean; inode: numbe
     throw new BackendConfigError(`local-dir: ${path} is writable by every user; chmod o-w, or chmod +t so that nobody can remove what is not theirs`);
   }
   return { made, inode: info.ino };
+}
+
+/**
+ * Kernel pseudo-filesystems (statfs f_type) where directories can exist but leaderd's files cannot
+ * be made: there, every open would fail again forever.
+ */
+const PSEUDO_FILESYSTEMS = new Map<number, string>([
+  [0x9fa0, 'procfs'],
+  [0x62656572, 'sysfs'],
+  [0x27e0eb, 'cgroupfs'],
+  [0x63677270, 'cgroup2fs'],
+  [0x64626720, 'debugfs'],
+  [0x74726163, 'tracefs'],
+  [0x73636673, 'securityfs'],
+  [0x1cd1, 'devpts'],
+  [0x62656570, 'configfs'],
+  [0xcafe4a11, 'bpffs'],
+]);
+
+/**
+ * `mkdir -p`, true when it made `path`. Node's recursive mkdir loops forever where mkdir answers
+ * ENOENT under a parent that exists (any path under /proc): here the parent is made at most once
+ * per level, and a second ENOENT is an answer.
+ */
+async function makeDirectories(path: string): Promise<boolean> {
+  try {
+    await mkdir(path, { mode: 0o700 });
+    return true;
+  } catch (error) {
+    if (code(error) === 'EEXIST' && (await stat(path)).isDirectory()) return false;
+    if (code(error) !== 'ENOENT' || dirname(path) === path) throw error;
+  }
+  await makeDirectories(dirname(path));
+  try {
+    await mkdir(path, { mode: 0o700 });
+    return true;
+  } catch (error) {
+    if (code(error) === 'EEXIST' && (await stat(path)).isDirectory()) return false;
+    throw error;
+  }
 }
 
 /**

@@ -12,10 +12,15 @@ import { ConfigError, helpText, parseCommand, type Config } from './config.js';
 import { Elector, errorMessage } from './elector.js';
 import { HookRunner } from './hooks.js';
 import { createHttpServer, listen } from './http.js';
-import { createLogger, type Logger } from './log.js';
+import { createLogging, type Logging } from './log.js';
 import { Member } from './member.js';
 import { Metrics } from './metrics.js';
 import { clusterCommand } from './cluster-command.js';
+import { checkCommands } from './preflight.js';
+import { PromoteFailures } from './backoff.js';
+
+/** The longest leaderd waits, before exiting, for its last log lines to be written. */
+const LOG_FLUSH_MS = 1000;
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -27,6 +32,7 @@ export async function main(argv: readonly string[]): Promise<void> {
     if (command.kind === 'help') return void process.stdout.write(helpText(VERSION));
     if (command.kind === 'version') return void process.stdout.write(`${VERSION}\n`);
     config = command.config;
+    checkCommands(config);
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     process.stderr.write(`leaderd: invalid configuration: ${error.message}\n`);
@@ -36,9 +42,10 @@ export async function main(argv: readonly string[]): Promise<void> {
 }
 
 async function run(config: Config): Promise<void> {
-  const log = createLogger(config.logLevel, { election: config.election, id: config.id });
-  process.on('uncaughtException', (error) => crash(log, error));
-  process.on('unhandledRejection', (error) => crash(log, error));
+  const logging = createLogging(config.logLevel, { election: config.election, id: config.id });
+  const { log } = logging;
+  process.on('uncaughtException', (error) => crash(logging, error));
+  process.on('unhandledRejection', (error) => crash(logging, error));
 
   const timing = {
     ttlMs: config.leaseSeconds * 1000,
@@ -56,9 +63,12 @@ async function run(config: Config): Promise<void> {
     server?.closeAllConnections();
     server?.close();
     log.info('stopped');
+    // The log is written asynchronously: give it a moment to reach a reader, never more.
+    await logging.flush(LOG_FLUSH_MS);
     process.exit(code);
   };
 
+  const promoteFailures = new PromoteFailures();
   const member: Member = new Member({
     election: config.election,
     id: config.id,
@@ -95,6 +105,8 @@ async function run(config: Config): Promise<void> {
     version: VERSION,
     status: () => elector.status(),
     member: () => member.state(),
+    droppedLogLines: () => logging.dropped(),
+    promoteFailuresInARow: () => promoteFailures.inARow,
   });
   const hooks: HookRunner = new HookRunner({
     election: config.election,
@@ -103,13 +115,31 @@ async function run(config: Config): Promise<void> {
     url: config.hooks.url,
     timeoutMs: config.hooks.timeoutSeconds * 1000,
     log,
-    listener: metrics,
+    listener: {
+      hookRun: (event, seconds, failed) => {
+        metrics.hookRun(event, seconds, failed);
+        if (event === 'promote' && !failed) promoteFailures.reset();
+      },
+    },
     holdsTerm: (token) => elector.holdsTerm(token),
     promoteFailed: (reason) => {
-      if (config.hooks.promoteFailure === 'resign') void elector.resign(config.ttlSeconds * 1000, reason);
+      const holdOffMs = promoteFailures.failed(config.ttlSeconds * 1000);
+      if (config.hooks.promoteFailure !== 'resign') return;
+      if (promoteFailures.inARow > 1) {
+        log.warn(
+          { failuresInARow: promoteFailures.inARow, holdOffSeconds: holdOffMs / 1000 },
+          'the promote hook keeps failing: staying out of the race longer each time',
+        );
+      }
+      void elector.resign(holdOffMs, reason);
     },
   });
   elector.subscribe(metrics);
+  elector.subscribe({
+    transition: ({ event, leader }) => {
+      if (event === 'leader-change' && leader !== null && leader.id !== config.id) promoteFailures.reset();
+    },
+  });
   elector.subscribe({ transition: (transition) => hooks.enqueue(transition) });
 
   let server: Server | undefined;
@@ -134,11 +164,13 @@ async function run(config: Config): Promise<void> {
   const address = server.address();
   log.info(
     {
-      http: typeof address === 'object' && address ? `${address.address}:${address.port}` : String(address),
+      // An IPv6 address bracketed, as in a URL: "[::1]:7070", not "::1:7070".
+      http: typeof address === 'object' && address ? `${address.family === 'IPv6' ? `[${address.address}]` : address.address}:${address.port}` : String(address),
       backend: backend.kind,
       ttlSeconds: config.ttlSeconds,
       leaseSeconds: config.leaseSeconds,
-      renewDeadlineSeconds: config.renewDeadlineSeconds,
+      // Durations in whole milliseconds: the default renew deadline is 2/3 of the lease.
+      renewDeadlineSeconds: Math.round(config.renewDeadlineSeconds * 1000) / 1000,
       // Which events have hooks, not the commands: their arguments may carry credentials.
       hooks: [...Object.keys(config.hooks.exec), ...(config.hooks.url ? ['url'] : [])],
       admin: config.adminToken !== null,
@@ -164,7 +196,7 @@ async function run(config: Config): Promise<void> {
   member.start();
 }
 
-function crash(log: Logger, error: unknown): void {
-  log.fatal({ err: error instanceof Error ? (error.stack ?? error.message) : String(error) }, 'unexpected failure');
-  process.exit(1);
+function crash(logging: Logging, error: unknown): void {
+  logging.log.fatal({ err: error instanceof Error ? (error.stack ?? error.message) : String(error) }, 'unexpected failure');
+  void logging.flush(LOG_FLUSH_MS).finally(() => process.exit(1));
 }

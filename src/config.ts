@@ -62,7 +62,7 @@ export const OPTIONS = {
   'log-level': { value: 'LEVEL', help: LOG_LEVELS.join(', '), default: 'info' },
 } as const satisfies Record<string, OptionSpec>;
 
-type OptionName = keyof typeof OPTIONS;
+export type OptionName = keyof typeof OPTIONS;
 const OPTION_NAMES = Object.keys(OPTIONS) as OptionName[];
 
 export interface BackendRequirements {
@@ -134,6 +134,8 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** Settings that work but deserve a look (a secret file others can read), logged at start. */
   readonly warnings: readonly string[];
+  /** Where each setting that was given came from ("set by --ttl"), for messages about it. */
+  readonly sources: Readonly<Partial<Record<OptionName, string>>>;
 }
 
 /** A configuration a user must fix; the message names the setting. */
@@ -161,8 +163,8 @@ export function helpText(version: string): string {
     '',
     'Options (precedence: flag > environment > --config file > default):',
     ...rows,
-    '  --help                          show this help',
-    '  --version                       print the version',
+    '  -h, --help                      show this help',
+    '  -v, --version                   print the version',
     '',
     'HTTP API: GET /role /primary /replica[?lag=N] /healthz / /watch /cluster /metrics; POST /resign /switchover',
     '',
@@ -181,9 +183,11 @@ export function parseCommand(
     parsed = parseArgs({
       args: [...argv],
       options: {
-        ...Object.fromEntries(OPTION_NAMES.map((name) => [name, { type: 'string' as const }])),
+        // Every flag is collected as a list so that one given twice is refused below: with
+        // last-wins, `--ttl 5 ... --ttl 50` in a long unit file silently means 50.
+        ...Object.fromEntries(OPTION_NAMES.map((name) => [name, { type: 'string' as const, multiple: true }])),
         help: { type: 'boolean', short: 'h' },
-        version: { type: 'boolean' },
+        version: { type: 'boolean', short: 'v' },
       },
       strict: true,
       allowPositionals: false,
@@ -191,18 +195,99 @@ export function parseCommand(
   } catch (error) {
     throw new ConfigError(flagError(error));
   }
-  const flags = parsed.values as Partial<Record<OptionName, string>> & { help?: boolean; version?: boolean };
-  if (flags.help) return { kind: 'help' };
-  if (flags.version) return { kind: 'version' };
+  const { help, version, ...given } = parsed.values as Partial<Record<OptionName, string[]>> & { help?: boolean; version?: boolean };
+  if (help) return { kind: 'help' };
+  if (version) return { kind: 'version' };
 
-  const fromEnv: Partial<Record<OptionName, string>> = {};
-  for (const name of OPTION_NAMES) {
-    const value = env[envName(name)];
-    if (value !== undefined && value !== '') fromEnv[name] = value;
+  const flags: Partial<Record<OptionName, string>> = {};
+  for (const [name, values] of Object.entries(given) as Array<[OptionName, string[]]>) {
+    if (values.length > 1) throw new ConfigError(`${name}: --${name} is given ${values.length} times (${values.map((v) => JSON.stringify(v)).join(', ')}); give it once`);
+    flags[name] = values[0];
   }
+
+  const fromEnv = settingsFromEnvironment(env);
+  const sources: Partial<Record<OptionName, string>> = {};
+  for (const name of Object.keys(fromEnv) as OptionName[]) sources[name] = `set by ${envName(name)}`;
+  for (const name of Object.keys(flags) as OptionName[]) sources[name] = `set by --${name}`;
   const configFile = flags.config ?? fromEnv.config;
-  const fromFile = configFile ? readConfigFile(configFile) : {};
-  return { kind: 'run', config: validate({ ...fromFile, ...fromEnv, ...flags }, backends) };
+  try {
+    const fromFile = configFile ? readConfigFile(configFile) : {};
+    for (const name of Object.keys(fromFile) as OptionName[]) sources[name] ??= `set in ${configFile}`;
+    return { kind: 'run', config: { ...validate({ ...fromFile, ...fromEnv, ...flags }, backends), sources } };
+  } catch (error) {
+    throw error instanceof ConfigError ? withSource(error, sources) : error;
+  }
+}
+
+/**
+ * The variables a hook or a check is started with (src/hooks.ts, src/check.ts): facts about the
+ * leaderd that started it, not settings. Two of them share their names with settings (`id`,
+ * `election`) and one with `check`.
+ */
+const FACT_VARIABLES = [
+  'LEADERD_EVENT',
+  'LEADERD_ELECTION',
+  'LEADERD_ID',
+  'LEADERD_ROLE',
+  'LEADERD_LEADER_ID',
+  'LEADERD_LEADER_ADDRESS',
+  'LEADERD_FENCING_TOKEN',
+  'LEADERD_CHECK',
+] as const;
+
+/**
+ * The LEADERD_* settings in `env`. A variable that names no setting is refused: a typo
+ * (`LEADERD_TTLL`) would otherwise leave the default in force without a word, as an unknown key
+ * in the config file is refused too.
+ *
+ * A leaderd started by a hook or a check of another one (a script that runs `leaderd cluster`, a
+ * test harness) inherits that one's facts, never its settings: leaderd strips its own LEADERD_*
+ * variables from what it passes on. The facts are recognised by the ones that are always set
+ * together (role, leader, token), and are then ignored rather than read as this leaderd's id,
+ * election or check.
+ */
+function settingsFromEnvironment(env: NodeJS.ProcessEnv): Partial<Record<OptionName, string>> {
+  const startedByLeaderd = ['LEADERD_ROLE', 'LEADERD_LEADER_ID', 'LEADERD_LEADER_ADDRESS', 'LEADERD_FENCING_TOKEN'].every((name) => env[name] !== undefined);
+  const byVariable = new Map(OPTION_NAMES.map((name) => [envName(name), name]));
+  const settings: Partial<Record<OptionName, string>> = {};
+  for (const [variable, value] of Object.entries(env)) {
+    if (!variable.startsWith('LEADERD_') || value === undefined) continue;
+    if (startedByLeaderd && (FACT_VARIABLES as readonly string[]).includes(variable)) continue;
+    const name = byVariable.get(variable);
+    if (!name) throw new ConfigError(`${variable}: no such setting${suggestion(variable, [...byVariable.keys()])}`);
+    if (value !== '') settings[name] = value;
+  }
+  return settings;
+}
+
+/** "; did you mean X?" for the closest known name when one is close enough to be a typo, else a pointer to --help. */
+function suggestion(name: string, known: readonly string[]): string {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of known) {
+    const distance = editDistance(name, candidate);
+    if (distance < bestDistance) [best, bestDistance] = [candidate, distance];
+  }
+  return best !== undefined && bestDistance <= 2 ? `; did you mean ${best}?` : ' (see --help)';
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
+
+/** Appends where the setting a message names came from: a flag, a variable or the file. */
+export function withSource(error: ConfigError, sources: Partial<Record<OptionName, string>>): ConfigError {
+  const name = /^([a-z-]+):/.exec(error.message)?.[1] as OptionName | undefined;
+  const source = name ? sources[name] : undefined;
+  return source ? new ConfigError(`${error.message} (${source})`) : error;
 }
 
 function flagError(error: unknown): string {
@@ -250,9 +335,21 @@ const CONSUL_MAXIMUM_LOCK_DELAY_SECONDS = 60;
  * lease could not be timed at all.
  */
 const MAXIMUM_SECONDS = 86400;
+/**
+ * Numbers are written in decimal, as a person means them: Number() alone would take "0x10" for 16,
+ * "" for 0 and " 10 " for 10, and a unit ("10s") deserves its own answer.
+ */
+const DECIMAL = /^-?(\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?$/i;
+const decimal = (what: string) =>
+  z.union([z.string(), z.number()]).transform((value, ctx) => {
+    if (typeof value === 'number') return value;
+    if (DECIMAL.test(value)) return Number(value);
+    const unit = /^\s*[\d.]+\s*(ms|s|sec|m|min|h)\s*$/i.exec(value);
+    ctx.addIssue({ code: 'custom', message: `must be ${what}${unit ? ', without a unit' : ''}, got ${JSON.stringify(value)}` });
+    return z.NEVER;
+  });
 const seconds = (min: number) =>
-  z.coerce
-    .number({ error: 'must be a number of seconds' })
+  decimal('a number of seconds')
     .refine(Number.isFinite, 'must be a number of seconds')
     .refine((n) => n >= min, `must be at least ${min}`)
     .refine((n) => n <= MAXIMUM_SECONDS, `must be at most ${MAXIMUM_SECONDS} (a day)`);
@@ -352,8 +449,7 @@ const schema = z.object({
   'check-interval': seconds(0.01).optional(),
   'check-timeout': seconds(0.01).optional(),
   'unhealthy-after': seconds(0).optional(),
-  priority: z.coerce
-    .number({ error: 'must be a whole number' })
+  priority: decimal('a whole number')
     .pipe(z.number().int('must be a whole number').min(0, 'must be at least 0').max(PRIORITY_LIMIT, `must be at most ${PRIORITY_LIMIT}`))
     .default(1),
   'max-lag': z
@@ -365,11 +461,16 @@ const schema = z.object({
   'promote-failure': z.enum(['resign', 'ignore'], { error: 'must be resign or ignore' }).default('resign'),
   'admin-token': secret('admin-token').optional(),
   'admin-token-file': text.optional(),
-  'log-level': z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` }).default('info'),
+  // pino's level names; "INFO" from an environment file means info too. Numbers are refused: they
+  // are pino's internals, not names an operator should have to know.
+  'log-level': text
+    .transform((v) => v.toLowerCase())
+    .pipe(z.enum(LOG_LEVELS, { error: (issue) => `must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(issue.input)}` }))
+    .default('info'),
   config: z.unknown().optional(),
 });
 
-function validate(raw: Record<string, unknown>, backends: Readonly<Record<string, BackendRequirements>>): Config {
+function validate(raw: Record<string, unknown>, backends: Readonly<Record<string, BackendRequirements>>): Omit<Config, 'sources'> {
   const result = schema.safeParse(raw);
   if (!result.success) {
     const issue = result.error.issues[0];

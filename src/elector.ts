@@ -27,6 +27,7 @@ import { NO_VIEW, SessionLostError, BackendConfigError } from './backend.js';
 import { monotonicMs, withTimeout } from './clock.js';
 import { LeaseDeadline, now, type Instant } from './lease.js';
 import type { Logger } from './log.js';
+import { RepeatedWarning } from './backoff.js';
 
 export type Role = 'primary' | 'replica' | 'unknown';
 export type TransitionEvent = 'promote' | 'demote' | 'leader-change';
@@ -165,7 +166,14 @@ export class Elector {
   /** Ended sessions still being released (once the hooks have settled); a shutdown waits for them. */
   private releasing: Promise<void> = Promise.resolve();
 
-  constructor(private readonly options: ElectorOptions) {}
+  /** Failures that repeat while a backend is unreachable: logged less and less often. */
+  private readonly openFailures: RepeatedWarning;
+  private readonly renewFailures: RepeatedWarning;
+
+  constructor(private readonly options: ElectorOptions) {
+    this.openFailures = new RepeatedWarning(options.log, 'cannot open a session; retrying');
+    this.renewFailures = new RepeatedWarning(options.log, 'lease renewal failed');
+  }
 
   /** Returns the function that unsubscribes. */
   subscribe(listener: ElectorListener): () => void {
@@ -448,7 +456,7 @@ export class Elector {
         this.options.fatal(error);
         return this.retryDelayMs;
       }
-      log.warn({ err: errorMessage(error) }, 'cannot open a session; retrying');
+      this.openFailures.failed({ err: errorMessage(error) });
       this.reconcile('backend unreachable');
       return this.retryDelayMs;
     }
@@ -466,6 +474,7 @@ export class Elector {
     this.attempt = attempt;
     this.lease = new LeaseDeadline(timing.renewDeadlineMs, sentAt);
     this.armDeadlineTimer();
+    this.openFailures.recovered();
     log.info('session opened');
     this.emit((l) => l.sessionOpened?.());
     // Not awaited: a withdrawal queued before may wait for a slow demote hook, and this loop
@@ -491,11 +500,12 @@ export class Elector {
         this.dropSession(`session lost: ${error.message}`);
         return 0;
       }
-      this.options.log.warn({ err: errorMessage(error) }, 'lease renewal failed');
+      this.renewFailures.failed({ err: errorMessage(error) });
       this.reconcile('renewal failed');
       return this.retryDelayMs;
     }
     if (this.session !== session || !this.lease) return 0;
+    this.renewFailures.recovered();
     this.lease.renewed(sentAt);
     this.armDeadlineTimer();
     this.emit((l) => l.renewal?.(true));
@@ -671,6 +681,18 @@ function sameLeader(a: Leader | null, b: Leader | null): boolean {
   return a?.id === b?.id && a?.fencingToken === b?.fencingToken;
 }
 
+/**
+ * An error's message, followed by its causes': fetch's "fetch failed" alone hides whether the
+ * connection was refused, reset or timed out (".. fetch failed: connect ECONNREFUSED 127.0.0.1:8500").
+ */
 export function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
+  if (!(error instanceof Error)) return String(error);
+  let message = error.message;
+  let cause: unknown = error.cause;
+  for (let depth = 0; cause !== undefined && cause !== null && depth < 3; depth++) {
+    const text = cause instanceof Error ? cause.message : String(cause);
+    if (text && !message.includes(text)) message += `: ${text}`;
+    cause = cause instanceof Error ? cause.cause : undefined;
+  }
+  return message;
 }

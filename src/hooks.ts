@@ -120,7 +120,7 @@ export class HookRunner {
     // One run per event, failed if any of its targets failed.
     this.options.listener?.hookRun?.(event, seconds, failure !== null);
     if (failure === null) {
-      this.options.log.info({ hook: event, fencingToken: facts.fencingToken, seconds }, 'hook succeeded');
+      this.options.log.info({ hook: event, fencingToken: facts.fencingToken, seconds: Math.round(seconds * 1000) / 1000 }, 'hook succeeded');
       return;
     }
     if (event === 'promote' && !abort.signal.aborted) this.options.promoteFailed(`promote hook failed: ${failure}`);

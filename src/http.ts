@@ -155,9 +155,11 @@ function createApp(options: HttpOptions, answers: RoleAnswers): express.Express 
     const push = (status: Status) => res.write(`event: role\ndata: ${JSON.stringify(body(status))}\n\n`);
     const unsubscribe = elector.subscribe({ change: push });
     const keepalive = setInterval(() => res.write(': keep-alive\n\n'), WATCH_KEEPALIVE_MS);
+    options.metrics.watchClient(1);
     req.on('close', () => {
       clearInterval(keepalive);
       unsubscribe();
+      options.metrics.watchClient(-1);
     });
     push(elector.status());
   });

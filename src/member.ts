@@ -47,6 +47,7 @@ import type { Leader } from './backend.js';
 import type { Elector, Gate, Status } from './elector.js';
 import { errorMessage } from './elector.js';
 import type { Logger } from './log.js';
+import { RepeatedWarning } from './backoff.js';
 
 export interface MemberOptions {
   readonly election: string;
@@ -139,7 +140,13 @@ export class Member implements Gate {
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
 
+  /** Failures that repeat while the backend is unreachable: logged less and less often. */
+  private readonly publishFailures: RepeatedWarning;
+  private readonly positionFailures: RepeatedWarning;
+
   constructor(private readonly options: MemberOptions) {
+    this.publishFailures = new RepeatedWarning(options.log, 'cannot publish the member record');
+    this.positionFailures = new RepeatedWarning(options.log, 'cannot publish the leader position');
     this.check = options.check ? { healthy: false, eligible: false, position: null, reason: 'not checked yet' } : ALWAYS_HEALTHY;
   }
 
@@ -547,9 +554,10 @@ export class Member implements Gate {
       try {
         await elector.publishMember(memberText(record));
         this.publishedRecord = { key, position, at: now, record };
+        this.publishFailures.recovered();
       } catch (error) {
         this.publishedRecord = null;
-        this.options.log.warn({ err: errorMessage(error) }, 'cannot publish the member record');
+        this.publishFailures.failed({ err: errorMessage(error) });
       }
     }
     const token = record.fencingToken;
@@ -567,8 +575,9 @@ export class Member implements Gate {
     try {
       await elector.publishLeaderPosition(leaderPositionText({ id: this.options.id, fencingToken: token, position, updatedAt: record.updatedAt }));
       this.publishedPosition = { token, position, at: now };
+      this.positionFailures.recovered();
     } catch (error) {
-      this.options.log.warn({ err: errorMessage(error) }, 'cannot publish the leader position');
+      this.positionFailures.failed({ err: errorMessage(error) });
     }
   }
 }

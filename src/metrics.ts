@@ -9,6 +9,15 @@ import type { MemberListener, MemberState, SwitchoverResult } from './member.js'
 
 const ROLES: readonly Role[] = ['primary', 'replica', 'unknown'];
 const SWITCHOVER_RESULTS: readonly SwitchoverResult[] = ['completed', 'refused', 'timeout', 'failed'];
+const HOOK_EVENTS: readonly string[] = ['promote', 'demote', 'leader-change'];
+/** The elector's own requests to the backend; adapters add theirs as they happen. */
+const BACKEND_OPERATIONS: readonly string[] = ['open', 'renew', 'close'];
+/**
+ * prom-client defaults that are gauges named like counters (promtool: 'non-counter metrics should
+ * not have "_total" suffix'). The same counts are exported by type without the suffix
+ * (nodejs_active_handles, nodejs_active_resources); sum them for a total.
+ */
+const MISNAMED_DEFAULTS = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
 /** How often the event loop's lag is sampled for `nodejs_eventloop_lag_*`. */
 const EVENT_LOOP_SAMPLE_MS = 100;
 
@@ -20,11 +29,17 @@ export interface MetricsOptions {
   readonly status: () => Status;
   /** Read at scrape time, like `status`; set once the member exists. */
   member?: () => MemberState;
+  /** Log lines dropped so far because stdout was full or closed (see log-writer.ts). */
+  readonly droppedLogLines?: () => number;
+  /** This node's promote hooks that failed in a row (see backoff.ts). */
+  readonly promoteFailuresInARow?: () => number;
 }
 
 export class Metrics implements ElectorListener, HookListener, MemberListener {
   readonly registry = new Registry();
   private readonly transitions: Counter<'direction'>;
+  private readonly leaderChanges: Counter;
+  private readonly watchClients: Gauge;
   private readonly lastTransition: Gauge;
   private readonly backendLatency: Histogram<'operation'>;
   private readonly backendErrors: Counter<'operation'>;
@@ -42,6 +57,7 @@ export class Metrics implements ElectorListener, HookListener, MemberListener {
     // The event-loop lag histogram samples on a timer; prom-client's default (every 10 ms) woke an
     // idle sidecar 100 times a second and cost it about half its idle CPU.
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
+    for (const name of MISNAMED_DEFAULTS) this.registry.removeSingleMetric(name);
 
     new Gauge({
       name: 'leaderd_info',
@@ -98,6 +114,16 @@ export class Metrics implements ElectorListener, HookListener, MemberListener {
       name: 'leaderd_transitions_total',
       help: 'Role transitions, by direction (promote, demote).',
       labelNames: ['direction'],
+      registers,
+    });
+    this.leaderChanges = new Counter({
+      name: 'leaderd_leader_changes_total',
+      help: 'Leader changes this node observed (a different leader, or a new term of the same one); counted on every node.',
+      registers,
+    });
+    this.watchClients = new Gauge({
+      name: 'leaderd_watch_clients',
+      help: 'Clients connected to GET /watch now.',
       registers,
     });
     this.lastTransition = new Gauge({
@@ -181,6 +207,23 @@ export class Metrics implements ElectorListener, HookListener, MemberListener {
         this.set(m && m.healthy && m.eligible && m.priority > 0 ? 1 : 0);
       },
     });
+    new Gauge({
+      name: 'leaderd_promote_failures_in_a_row',
+      help: "This node's promote hooks that failed in a row; each doubles the hold-off before it stands again.",
+      registers,
+      collect() {
+        this.set(options.promoteFailuresInARow?.() ?? 0);
+      },
+    });
+    new Counter({
+      name: 'leaderd_log_lines_dropped_total',
+      help: 'Log lines dropped because stdout was full (a stalled reader) or closed.',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(options.droppedLogLines?.() ?? 0);
+      },
+    });
     this.checkRuns = new Counter({ name: 'leaderd_check_runs_total', help: 'Check runs.', registers });
     this.checkFailures = new Counter({ name: 'leaderd_check_failures_total', help: 'Check runs that said unhealthy (failed, timed out, or bad output).', registers });
     this.switchovers = new Counter({
@@ -192,12 +235,25 @@ export class Metrics implements ElectorListener, HookListener, MemberListener {
     for (const result of SWITCHOVER_RESULTS) this.switchovers.inc({ result }, 0);
     for (const direction of ['promote', 'demote']) this.transitions.inc({ direction }, 0);
     for (const result of ['success', 'failure']) this.renewals.inc({ result }, 0);
+    for (const event of HOOK_EVENTS) {
+      this.hookRuns.inc({ event }, 0);
+      this.hookFailures.inc({ event }, 0);
+    }
+    for (const operation of BACKEND_OPERATIONS) this.backendErrors.inc({ operation }, 0);
   }
 
   transition({ event }: Transition): void {
-    if (event === 'leader-change') return;
+    if (event === 'leader-change') {
+      this.leaderChanges.inc();
+      return;
+    }
     this.transitions.inc({ direction: event });
     this.lastTransition.set(Date.now() / 1000);
+  }
+
+  /** A /watch client connected (+1) or went away (-1). */
+  watchClient(delta: 1 | -1): void {
+    this.watchClients.inc(delta);
   }
 
   backendRequest(operation: string, seconds: number, failed: boolean): void {

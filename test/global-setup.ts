@@ -1,7 +1,8 @@
-/** Installs the coordination servers and container and systemd tools the suite needs before any test runs. */
+/** Installs the coordination servers, Prometheus, and the container and systemd tools the suite needs before any test runs. */
 import { ensureConsulInstalled } from './harness/consul.js';
 import { ensureEtcdInstalled } from './harness/etcd.js';
 import { ensurePodmanInstalled } from './harness/podman.js';
+import { ensurePrometheusInstalled } from './harness/prometheus.js';
 import { ensureSystemdAnalyzeInstalled } from './harness/systemd.js';
 import { ensureZookeeperInstalled } from './harness/zookeeper.js';
 
@@ -9,6 +10,7 @@ export default function setup(): void {
   ensureEtcdInstalled();
   ensureConsulInstalled();
   ensureZookeeperInstalled();
+  ensurePrometheusInstalled();
   ensurePodmanInstalled();
   ensureSystemdAnalyzeInstalled();
 }

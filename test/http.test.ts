@@ -226,7 +226,7 @@ describe('HTTP API: answers that used to hang or drop input', () => {
     expect(resigned.status).toBe(200);
     const next = await leader.waitForState((s) => s.role === 'primary' && s.fencingToken! > first.fencingToken!, 10000, 'a new term');
     const line = await replica.waitForLog((l) => l.msg === 'leader: change-leader' && l.fencingToken === next.fencingToken, 5000, 'the change');
-    expect(line).toMatchObject({ level: 30, role: 'replica', leader: 'change-leader', fencingToken: next.fencingToken });
+    expect(line).toMatchObject({ level: 'info', role: 'replica', leader: 'change-leader', fencingToken: next.fencingToken });
     expect(replica.logs.filter((l) => l.fencingToken === next.fencingToken && l.leader === 'change-leader')).toHaveLength(1);
   });
 });

@@ -526,13 +526,13 @@ describe.concurrent('local: foreign things in the directory', () => {
       writeFileSync(join(tokens, name), '');
     }
     await withSidecars(async (start) => {
-      const refusal = (l: LogLine) => l.level === 50 && l.file === last;
+      const refusal = (l: LogLine) => l.level === 'error' && l.file === last;
       const a = await start('local-last-a', args(election));
       await a.waitForLog(refusal, 10000, 'the refusal');
       // A second sidecar refuses too, while the first goes on looking (every ttl/10) without repeating itself.
       const b = await start('local-last-b', args(election));
       await b.waitForLog(refusal, 10000, 'the refusal');
-      expect(a.logs.filter((l) => l.level >= 50)).toHaveLength(1);
+      expect(a.logs.filter((l) => l.level === 'error' || l.level === 'fatal')).toHaveLength(1);
       for (const node of [a, b]) expect((await node.role()).role).toBe('replica');
 
       // Removed, the file no longer holds back a sidecar that never saw it; the others remember it.

@@ -15,12 +15,12 @@ import { violations, type HookRecord } from './overlap.js';
 // A 2 s session: within the 0.4 s to 4 s a 200 ms tickTime allows.
 const ttlSeconds = 2;
 let zk: ZookeeperServer;
-const argsFor = (connect: () => string) => (election: string) => [
+const argsFor = (connect: () => string) => (election: string, ttl = ttlSeconds) => [
   '--backend', 'zookeeper',
   '--zk-connect', connect(),
   '--zk-prefix', '/leaderd-test',
   '--election', election,
-  '--ttl', String(ttlSeconds),
+  '--ttl', String(ttl),
 ];
 const args = argsFor(() => zk.connectString);
 const records = (files: string[]) => files.flatMap((f) => readHookRecords(f)) as unknown as HookRecord[];
@@ -96,7 +96,7 @@ describe('zookeeper: backend specifics', () => {
   });
 
   it('a ttl the server cannot grant is refused, naming the negotiated session', async () => {
-    const result = await runLeaderd([...args(newElection()), '--ttl', '9', '--http', '127.0.0.1:0']);
+    const result = await runLeaderd([...args(newElection(), 9), '--http', '127.0.0.1:0']);
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/ttl: ZooKeeper negotiated a 4 s session for the 9 s asked/);
   });
@@ -246,7 +246,7 @@ describe('zookeeper: backend specifics', () => {
       // Followers only: stopping one of them holds no ZooKeeper election.
       const followers = ensemble.members.filter((_, i) => i !== leader);
       const election = newElection();
-      const withTtl = (connect: string) => [...argsFor(() => connect)(election), '--ttl', String(ttl)];
+      const withTtl = (connect: string) => argsFor(() => connect)(election, ttl);
       const files = [scratchFile('clamp-p'), scratchFile('clamp-r1'), scratchFile('clamp-r2')];
       // The primary knows the two followers; the replicas the ensemble leader only.
       const primary = await Sidecar.start('zk-clamp-p', [...withTtl(followers.map((m) => m.connectString).join(',')), ...hookArgs(files[0]!)]);

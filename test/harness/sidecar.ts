@@ -27,7 +27,7 @@ export interface RoleBody {
 }
 
 export interface LogLine {
-  level: number;
+  level: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   msg: string;
   [key: string]: unknown;
 }
@@ -91,7 +91,7 @@ export class Sidecar {
         try {
           line = JSON.parse(text) as LogLine;
         } catch {
-          line = { level: 30, msg: `(not JSON) ${text}` };
+          line = { level: 'info', msg: `(not JSON) ${text}` };
         }
         logs.push(line);
         if (line.msg === 'leaderd started') resolve(`http://${line.http as string}`);

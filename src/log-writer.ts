@@ -1,0 +1,149 @@
+/**
+ * Where log lines go: a bounded queue, written to a file descriptor (stdout) asynchronously, so
+ * that no state of that descriptor can stop the sidecar.
+ *
+ * pino's own destination writes synchronously, on the main thread. On a stdout that is full
+ * (a stalled reader) a synchronous write blocks the election loop, the HTTP answers and the
+ * shutdown alike, and sonic-boom's flushSync (which pino's `fatal` calls) answers every error
+ * other than EAGAIN by sleeping 100 ms on the main thread and writing again, forever: with
+ * stdout closed, EPIPE meant a sidecar that answered nothing and ignored SIGTERM.
+ *
+ * Here the main thread only queues, and one chunk at a time is written: to a pipe or a socket
+ * (a container runtime, journald) through a non-blocking libuv stream, whose writes wait in the
+ * event loop, not in a thread; to a file or a terminal with fs.write. Not fs.write for pipes: a
+ * write blocked in the thread pool on a full pipe is joined when the process exits, so a
+ * stalled reader would hang the exit after SIGTERM instead. A queue
+ * past its bound drops the new line, and a descriptor whose reader is gone (EPIPE, EBADF, ...)
+ * drops every line from then on: the sidecar goes on leading or following without a log, as its
+ * HTTP API and metrics still tell (`leaderd_log_lines_dropped_total`). Exiting instead would make
+ * a restarted log collector (journald, a container runtime) cost the election its primary.
+ */
+import { fstatSync, write } from 'node:fs';
+import { Socket } from 'node:net';
+
+/** How long to wait before writing again to a full non-blocking descriptor (EAGAIN). */
+const RETRY_FULL_MS = 100;
+
+export interface LineWriterOptions {
+  readonly fd: number;
+  /** The most bytes queued and not yet written; a line that would go past it is dropped. */
+  readonly maxQueuedBytes: number;
+}
+
+/** Writes one chunk whole, then calls `done`; at most one at a time. */
+type Sink = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void) => void;
+
+export class LineWriter {
+  /** Lines dropped: queue full, or the descriptor gone. */
+  dropped = 0;
+  private readonly sink: Sink;
+  private queue: string[] = [];
+  /** Bytes queued, and those of the chunk being written: what the bound applies to. */
+  private queuedBytes = 0;
+  private inFlightBytes = 0;
+  private writing = false;
+  /** Set once the descriptor failed for good: every line is dropped from then on. */
+  private broken: string | null = null;
+  private drained: Array<() => void> = [];
+
+  constructor(private readonly options: LineWriterOptions) {
+    this.sink = sinkFor(options.fd);
+  }
+
+  /** Queues one line (with its newline, as pino gives it). Never blocks, never throws. */
+  write(line: string): void {
+    const bytes = Buffer.byteLength(line);
+    if (this.broken !== null || this.queuedBytes + this.inFlightBytes + bytes > this.options.maxQueuedBytes) {
+      this.dropped++;
+      return;
+    }
+    this.queue.push(line);
+    this.queuedBytes += bytes;
+    if (!this.writing) this.writeQueued();
+  }
+
+  /** Resolves once every queued line is written (or dropped), or after `timeoutMs`. */
+  drain(timeoutMs: number): Promise<void> {
+    if (!this.writing) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, timeoutMs);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.drained.push(done);
+    });
+  }
+
+  /** Writes whatever is queued as one chunk, and again when that is done. */
+  private writeQueued(): void {
+    if (this.queue.length === 0) {
+      this.writing = false;
+      for (const done of this.drained.splice(0)) done();
+      return;
+    }
+    const chunk = Buffer.from(this.queue.join(''));
+    const lines = this.queue.length;
+    this.queue = [];
+    this.queuedBytes = 0;
+    this.inFlightBytes = chunk.length;
+    this.writing = true;
+    this.sink(chunk, (error) => {
+      this.inFlightBytes = 0;
+      if (error) {
+        this.broken = error.code ?? error.message;
+        this.dropped += lines + this.queue.length;
+        this.queue = [];
+        this.queuedBytes = 0;
+      }
+      this.writeQueued();
+    });
+  }
+}
+
+function sinkFor(fd: number): Sink {
+  let info;
+  try {
+    info = fstatSync(fd);
+  } catch (error) {
+    // No stdout at all (closed before start): every line is dropped, as for a reader gone.
+    return (_chunk, done) => done(error as NodeJS.ErrnoException);
+  }
+  return info.isFIFO() || info.isSocket() ? streamSink(fd) : fileSink(fd);
+}
+
+/** A pipe or socket, non-blocking, written from the event loop. */
+function streamSink(fd: number): Sink {
+  const socket = new Socket({ fd, readable: false, writable: true });
+  socket.unref();
+  let failed: NodeJS.ErrnoException | null = null;
+  let pending: ((error: NodeJS.ErrnoException | null) => void) | null = null;
+  // A reader that goes away shows as an 'error' (EPIPE) and maybe no callback for the write.
+  socket.on('error', (error: NodeJS.ErrnoException) => {
+    failed ??= error;
+    pending?.(failed);
+    pending = null;
+  });
+  return (chunk, done) => {
+    if (failed) return done(failed);
+    pending = done;
+    socket.write(chunk, (error) => {
+      if (pending !== done) return;
+      pending = null;
+      done((error as NodeJS.ErrnoException | null | undefined) ?? null);
+    });
+  };
+}
+
+/** A file, a terminal, /dev/null: fs.write on the thread pool, retried on EAGAIN and partial writes. */
+function fileSink(fd: number): Sink {
+  const writeAll = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void): void => {
+    write(fd, chunk, (error, written) => {
+      if (error?.code === 'EAGAIN') return void setTimeout(() => writeAll(chunk, done), RETRY_FULL_MS).unref();
+      if (error) return done(error);
+      if (written < chunk.length) return writeAll(chunk.subarray(written), done);
+      done(null);
+    });
+  };
+  return writeAll;
+}
