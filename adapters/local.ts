@@ -494,8 +494,11 @@ class LocalSession implements Session {
    * no candidate can stage a lock in it without finding the marker.
    */
   private async ensureLayout(): Promise<void> {
-    await ownDirectory(this.root);
-    const { made, inode } = await ownDirectory(this.dir);
+    // Until the directories have once been fit for use, what is wrong with them is the
+    // configuration's; after that it may pass (a read-only remount, a cleaner racing us).
+    const strict = !USABLE_DIRECTORIES.has(this.dir);
+    await ownDirectory(this.root, strict);
+    const { made, inode } = await ownDirectory(this.dir, strict);
     const layout = [this.tokensDir, this.stagingDir];
     const intact = (await Promise.all(layout.map(async (path) => (await lstatOrNull(path))?.isDirectory() ?? false))).every(Boolean);
     const election = knownOf(this.dir);
@@ -504,6 +507,7 @@ class LocalSession implements Session {
     if (!intact) for (const path of layout) await directoryAt(path);
     // Member records are no part of a term: made again, members/ needs no marker.
     await directoryAt(this.membersDir);
+    USABLE_DIRECTORIES.add(this.dir);
     if (inode === this.watchedInode || this.closed) return;
     this.watcher?.close();
     // Changes to the lock directory's entry wake us at once.
@@ -848,7 +852,16 @@ class LocalSession implements Session {
  * what leaderd keeps there). A wrong one cannot become right by retrying: BackendConfigError,
  * naming local-dir.
  */
-async function ownDirectory(path: string): Promise<{ made: boolean; inode: number }> {
+/** Election directories this process has once found fit for use (see ensureLayout). */
+const USABLE_DIRECTORIES = new Set<string>();
+
+/**
+ * Makes `path` if need be and checks that it is a directory of ours that we can write in. What
+ * can only be fixed in the configuration is a BackendConfigError; what may pass by itself (no
+ * permission or a read-only filesystem now, a parent removed meanwhile) is one only when `strict`.
+ */
+async function ownDirectory(path: string, strict: boolean): Promise<{ made: boolean; inode: number }> {
+  const mayPass = (message: string) => (strict ? new BackendConfigError(message) : new Error(message));
   let made: boolean;
   try {
     made = await makeDirectories(resolve(path));
@@ -856,7 +869,7 @@ async function ownDirectory(path: string): Promise<{ made: boolean; inode: numbe
     const reason = code(error);
     if (reason === 'EEXIST' || reason === 'ENOTDIR') throw new BackendConfigError(`local-dir: ${path} is not a directory`);
     if (reason === 'EACCES' || reason === 'EPERM' || reason === 'EROFS' || reason === 'ENOENT') {
-      throw new BackendConfigError(`local-dir: cannot create ${path} (${reason}); choose a directory of your own with --local-dir`);
+      throw mayPass(`local-dir: cannot create ${path} (${reason}); choose a directory of your own with --local-dir`);
     }
     throw error;
   }
@@ -868,7 +881,7 @@ async function ownDirectory(path: string): Promise<{ made: boolean; inode: numbe
     // Root passes every permission check but a read-only mount's (EROFS).
     await access(path, constants.W_OK | constants.X_OK);
   } catch (error) {
-    throw new BackendConfigError(`local-dir: cannot write in ${path} (${code(error)}); choose a directory of your own with --local-dir`);
+    throw mayPass(`local-dir: cannot write in ${path} (${code(error)}); choose a directory of your own with --local-dir`);
   }
   if (process.getuid && info.uid !== process.getuid()) {
     throw new BackendConfigError(`local-dir: ${path} belongs to another user (uid ${info.uid}); choose a directory of your own`);

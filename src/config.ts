@@ -201,7 +201,8 @@ export function parseCommand(
 
   const flags: Partial<Record<OptionName, string>> = {};
   for (const [name, values] of Object.entries(given) as Array<[OptionName, string[]]>) {
-    if (values.length > 1) throw new ConfigError(`${name}: --${name} is given ${values.length} times (${values.map((v) => JSON.stringify(v)).join(', ')}); give it once`);
+    // Without the values: they may be secrets (a token, credentials in a URL, a hook's arguments).
+    if (values.length > 1) throw new ConfigError(`${name}: --${name} is given ${values.length} times; give it once`);
     flags[name] = values[0];
   }
 
@@ -246,12 +247,19 @@ const FACT_VARIABLES = [
  * together (role, leader, token), and are then ignored rather than read as this leaderd's id,
  * election or check.
  */
+/** Service-link variables of a Service (Kubernetes) or a linked container (Docker) named leaderd. */
+const SERVICE_LINK = /^LEADERD_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?|NAME|ENV_\w+)$/;
+
 function settingsFromEnvironment(env: NodeJS.ProcessEnv): Partial<Record<OptionName, string>> {
   const startedByLeaderd = ['LEADERD_ROLE', 'LEADERD_LEADER_ID', 'LEADERD_LEADER_ADDRESS', 'LEADERD_FENCING_TOKEN'].every((name) => env[name] !== undefined);
   const byVariable = new Map(OPTION_NAMES.map((name) => [envName(name), name]));
   const settings: Partial<Record<OptionName, string>> = {};
   for (const [variable, value] of Object.entries(env)) {
     if (!variable.startsWith('LEADERD_') || value === undefined) continue;
+    // Not ours, but put there by the platform: Kubernetes gives every pod LEADERD_SERVICE_HOST,
+    // LEADERD_PORT_7070_TCP and the like for a Service named leaderd in its namespace, and
+    // Docker's --link does the same for a container named leaderd.
+    if (SERVICE_LINK.test(variable)) continue;
     if (startedByLeaderd && (FACT_VARIABLES as readonly string[]).includes(variable)) continue;
     const name = byVariable.get(variable);
     if (!name) throw new ConfigError(`${variable}: no such setting${suggestion(variable, [...byVariable.keys()])}`);

@@ -161,8 +161,9 @@ export class HookRunner {
     } catch (error) {
       if (cancel.aborted) throw new Error('cancelled');
       if (signal.aborted) throw new Error(`timed out after ${this.options.timeoutMs / 1000} s`);
-      // fetch's own messages may quote the URL: scrub them.
-      throw new Error(`POST ${target.shown}: ${target.scrub(fetchFailure(error))}`);
+      // fetch's own messages (and their causes, which say why: "fetch failed" alone does not) may
+      // quote the URL: scrub them.
+      throw new Error(`POST ${target.shown}: ${target.scrub(errorMessage(error))}`);
     }
     if (!response.ok) throw new Error(`POST ${target.shown} answered ${response.status}`);
   }
@@ -220,13 +221,6 @@ function decodeUserinfo(encoded: string): string {
   } catch {
     return encoded;
   }
-}
-
-/** fetch's error, with its cause: "fetch failed" alone does not say why. */
-function fetchFailure(error: unknown): string {
-  const message = errorMessage(error);
-  const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : '';
-  return cause ? `${message}: ${cause}` : message;
 }
 
 export function hookEnvironment(facts: HookFacts): Record<string, string> {

@@ -1,6 +1,7 @@
 /**
  * Where log lines go: a bounded queue, written to a file descriptor (stdout) asynchronously, so
- * that no state of that descriptor can stop the sidecar.
+ * that a full or closed stdout cannot stop the sidecar. (A terminal or file whose write the kernel
+ * holds still delays the exit, after the shutdown: docs/operations.md.)
  *
  * pino's own destination writes synchronously, on the main thread. On a stdout that is full
  * (a stalled reader) a synchronous write blocks the election loop, the HTTP answers and the

@@ -23,7 +23,7 @@ export interface Logging {
 /**
  * Structured JSON lines on stdout: one object per event, ready for any log shipper, its level as
  * a name (`"level":"warn"`) that a reader can grep without knowing pino's numbers. The lines go
- * through a LineWriter, so no state of stdout can block the sidecar (see log-writer.ts).
+ * through a LineWriter, so a full or closed stdout cannot block the sidecar (see log-writer.ts).
  */
 export function createLogging(level: LogLevel, base: Record<string, string>, fd = 1): Logging {
   const writer = new LineWriter({ fd, maxQueuedBytes: MAX_QUEUED_BYTES });

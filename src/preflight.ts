@@ -23,16 +23,23 @@ export function checkCommands(config: Config, env: NodeJS.ProcessEnv = process.e
   for (const [setting, argvOf] of Object.entries(COMMANDS)) {
     const program = argvOf(config)?.[0];
     if (program === undefined) continue;
-    const problem = programProblem(program, env.PATH ?? '');
+    const problem = programProblem(program, env.PATH ?? DEFAULT_PATH);
     if (problem) throw withSource(new ConfigError(`${setting}: ${problem}`), config.sources);
   }
 }
+
+/** Where a program is looked for without PATH: wide rather than narrow, so as never to refuse what would run. */
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 /**
  * Why `program` cannot be run as commands run (execvp: a name without "/" is looked up in PATH,
  * relative paths from the working directory), or null when it can.
  */
 function programProblem(program: string, path: string): string | null {
+  // `PGPASSWORD=x promote.sh` is a shell's syntax, and the value may be a secret: not repeated.
+  if (/^[A-Za-z_][A-Za-z0-9_]*=/.test(program)) {
+    return 'starts with a variable assignment (NAME=value), which only a shell understands: commands run without one; put it in a script';
+  }
   if (program.includes('/')) return fileProblem(program);
   for (const dir of path.split(delimiter)) {
     // An empty PATH entry means the working directory, as for execvp.

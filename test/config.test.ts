@@ -185,8 +185,8 @@ describe('configuration', () => {
     ['a huge number', ['--hook-timeout', '1e300'], {}, /^hook-timeout: must be at most 86400 \(a day\) \(set by --hook-timeout\)$/],
     ['a hexadecimal priority', ['--priority', '0x2'], {}, /^priority: must be a whole number, got "0x2" \(set by --priority\)$/],
     ['trailing garbage from the environment', [], { LEADERD_TTL: '10 s' }, /^ttl: must be a number of seconds, without a unit, got "10 s" \(set by LEADERD_TTL\)$/],
-    ['a scalar flag given twice', ['--ttl', '5', '--election', 'e', '--ttl', '50'], {}, /^ttl: --ttl is given 2 times \("5", "50"\); give it once$/],
-    ['a hook flag given twice', ['--on-promote', 'a', '--on-promote', 'b'], {}, /^on-promote: --on-promote is given 2 times \("a", "b"\); give it once$/],
+    ['a scalar flag given twice', ['--ttl', '5', '--election', 'e', '--ttl', '50'], {}, /^ttl: --ttl is given 2 times; give it once$/],
+    ['a hook flag given twice', ['--on-promote', 'a', '--on-promote', 'b'], {}, /^on-promote: --on-promote is given 2 times; give it once$/],
     ['a misspelt variable', [], { LEADERD_TTLL: '5' }, /^LEADERD_TTLL: no such setting; did you mean LEADERD_TTL\?$/],
     ['an unknown variable', [], { LEADERD_FLAVOUR: 'x' }, /^LEADERD_FLAVOUR: no such setting \(see --help\)$/],
     ['an unknown variable, even when empty', [], { LEADERD_TTLL: '' }, /^LEADERD_TTLL: no such setting; did you mean LEADERD_TTL\?$/],
@@ -194,6 +194,15 @@ describe('configuration', () => {
     ['an unknown log level', [], { LEADERD_LOG_LEVEL: 'verbose' }, /^log-level: must be one of .*, got "verbose" \(set by LEADERD_LOG_LEVEL\)$/],
     ['a fact variable outside a hook', [], { LEADERD_ROLE: 'primary' }, /^LEADERD_ROLE: no such setting/],
   ];
+  it('never shows the values of a flag given twice: they may be secrets', () => {
+    expect(() => config(['--admin-token', 's3cret-one', '--admin-token', 's3cret-two'])).toThrow(/^admin-token: --admin-token is given 2 times; give it once$/);
+  });
+
+  it('leaves alone the variables Kubernetes and Docker make for a Service or container named leaderd', () => {
+    const links = { LEADERD_SERVICE_HOST: '10.96.0.12', LEADERD_SERVICE_PORT: '7070', LEADERD_SERVICE_PORT_HTTP: '7070', LEADERD_PORT: 'tcp://10.96.0.12:7070', LEADERD_PORT_7070_TCP_ADDR: '10.96.0.12' };
+    expect(config(['--ttl', '12'], links).ttlSeconds).toBe(12);
+  });
+
   for (const [what, argv, env, message] of oddValues) {
     it(`refuses ${what}, naming the setting and where it was set`, () => {
       expect(() => config(argv, env)).toThrow(message);
@@ -240,6 +249,16 @@ describe('configuration', () => {
     expect(() => checkCommands(config(['--on-demote', `${dir}/plain`]), env)).toThrow(`on-demote: ${dir}/plain is not executable (chmod +x it) (set by --on-demote)`);
     expect(() => checkCommands(config(['--on-leader-change', dir]), env)).toThrow(`on-leader-change: ${dir} is not a file (set by --on-leader-change)`);
     expect(() => checkCommands(config([], { ...env, LEADERD_CHECK: `${dir}/missing` }), env)).toThrow(`check: ${dir}/missing does not exist (set by LEADERD_CHECK)`);
+  });
+
+  it('looks for a command in the default path when PATH is unset, as spawning it would', () => {
+    expect(() => checkCommands(config(['--on-promote', 'true']), {})).not.toThrow();
+  });
+
+  it('refuses a shell-style variable assignment before a command without repeating its value', () => {
+    const attempt = () => checkCommands(config(['--on-promote', 'PGPASSWORD=s3cret /usr/bin/promote']), { PATH: '/usr/bin' });
+    expect(attempt).toThrow(/^on-promote: starts with a variable assignment \(NAME=value\), which only a shell understands/);
+    expect(attempt).not.toThrow(/s3cret/);
   });
 
   it('refuses an unknown key, invalid YAML and a non-mapping in the config file', () => {

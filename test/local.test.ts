@@ -291,6 +291,25 @@ describe('local: --local-dir', () => {
     expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${file} is not a directory\n`);
   });
 
+  it('a --local-dir remounted read-only under a primary: it steps down, stays up, and leads again once it is writable', async () => {
+    const mount = mkdtempSync(join(tmpdir(), 'leaderd-remount-'));
+    execFileSync('mount', ['--bind', mount, mount]);
+    try {
+      const node = await Sidecar.start('remount', ['--backend', 'local', '--local-dir', mount, '--election', newElection(), '--ttl', '2']);
+      await node.waitForRole('primary', 15000);
+      execFileSync('mount', ['-o', 'remount,ro,bind', mount]);
+      await node.waitForLog((l) => l.msg === 'session ended', 15000, 'the session ended');
+      // A directory that was fit for use and is read-only now may be writable again: retried, not refused.
+      await node.waitForLog((l) => l.msg !== 'session ended' && JSON.stringify(l).includes('EROFS'), 15000, 'a failed reopen');
+      expect(running(node.pid)).toBe(true);
+      execFileSync('mount', ['-o', 'remount,rw,bind', mount]);
+      await node.waitForRole('primary', 30000);
+    } finally {
+      await Sidecar.killAll();
+      execFileSync('umount', [mount]);
+    }
+  });
+
   it('--help names the persistent default: /var/lib/leaderd as root, else under $XDG_STATE_HOME or ~/.local/state', async () => {
     const { stdout } = await runLeaderd(['--help']);
     const line = stdout.split('\n').find((l) => l.includes('--local-dir'));
