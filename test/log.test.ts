@@ -4,6 +4,7 @@
  * pipes: the test holds the read end of leaderd's stdout and closes it, or stops reading it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -20,9 +21,11 @@ interface Started {
 }
 
 /** Starts a leader that logs thousands of debug lines a second, and reads stdout up to its start line. */
-async function chattyLeader(id: string): Promise<Started> {
-  const args = ['--id', id, '--http', '127.0.0.1:0', '--local-dir', scratchFile('dir'), '--election', id, '--ttl', '3'];
-  const child = spawn(process.execPath, [BIN, ...args, '--log-level', 'debug', '--check', CHATTY_CHECK, '--check-interval', '0.2'], {
+async function chattyLeader(id: string, demoted: string): Promise<Started> {
+  // A long ttl: the chatty check loads the machine, and nothing here waits on the lease.
+  const args = ['--id', id, '--http', '127.0.0.1:0', '--local-dir', scratchFile('dir'), '--election', id, '--ttl', '10'];
+  const demote = ['--on-demote', `/bin/sh -c 'echo demoted >> ${demoted}'`];
+  const child = spawn(process.execPath, [BIN, ...args, ...demote, '--log-level', 'debug', '--check', CHATTY_CHECK, '--check-interval', '0.2'], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   children.add(child);
@@ -81,8 +84,9 @@ describe('logging never stops the sidecar', () => {
     children.clear();
   });
 
-  it('with stdout closed (EPIPE): leads on, answers, counts the dropped lines, exits 0 at once on SIGTERM', async () => {
-    const started = await chattyLeader('log-closed');
+  it('with stdout closed (EPIPE): leads on, answers, counts the dropped lines, demotes and exits 0 at once on SIGTERM', async () => {
+    const demoted = scratchFile('log-closed-demoted');
+    const started = await chattyLeader('log-closed', demoted);
     started.child.stdout!.destroy();
     await untilLinesDropped(started.url, 20000);
     expect(await role(started.url, 2000)).toBe('primary');
@@ -91,16 +95,21 @@ describe('logging never stops the sidecar', () => {
     await untilMore(started.url, before, 20000);
     started.child.kill('SIGTERM');
     expect(await exitWithin(started, 5000)).toBe(0);
+    // The shutdown did its work, log or no log: the demote hook ran before the exit.
+    expect(readFileSync(demoted, 'utf8')).toBe('demoted\n');
   });
 
-  it('with stdout stalled (a full pipe): answers at once, drops past its bound, exits 0 at once on SIGTERM', async () => {
-    const started = await chattyLeader('log-stalled');
+  it('with stdout stalled (a full pipe): answers at once, drops past its bound, demotes and exits 0 at once on SIGTERM', async () => {
+    const demoted = scratchFile('log-stalled-demoted');
+    const started = await chattyLeader('log-stalled', demoted);
     // Nobody reads: the pipe fills (64 KiB), then leaderd's queue (1 MiB).
     started.child.stdout!.pause();
     await untilLinesDropped(started.url, 30000);
     for (let i = 0; i < 5; i++) expect(await role(started.url, 2000)).toBe('primary');
     started.child.kill('SIGTERM');
     expect(await exitWithin(started, 5000)).toBe(0);
+    // The shutdown did its work, log or no log: the demote hook ran before the exit.
+    expect(readFileSync(demoted, 'utf8')).toBe('demoted\n');
   });
 });
 

@@ -47,7 +47,7 @@ describe('Prometheus', () => {
     expect(tested.code).toBe(0);
   });
 
-  it('a real Prometheus sees exactly one primary, the new one, through a failover', async () => {
+  it('a real Prometheus sees one primary, then the new one alone, through a failover, and no alert fires', async () => {
     const dir = scratchFile('dir');
     const election = newElection();
     const nodes = await Promise.all(['p1', 'p2', 'p3'].map((id) => Sidecar.start(id, ['--local-dir', dir, '--election', election, '--ttl', '2'])));
