@@ -5,16 +5,16 @@
  * commit the writer saw acknowledged must be on the new primary. Write downtimes are printed, not
  * asserted: they measure the machine as much as leaderd.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { settled } from './conformance.js';
 import { startDeployment, type BackendName, type Deployment } from './chaos/deployments.js';
 import { until } from './chaos/world.js';
-import { ADMIN_TOKEN, MAX_LAG_BYTES, PgCluster, type Ack, type PgNode } from './harness/postgres.js';
+import { ADMIN_TOKEN, MAX_LAG_BYTES, PgCluster, TTL_SECONDS, type Ack, type PgNode } from './harness/postgres.js';
 import type { LogLine, Sidecar } from './harness/sidecar.js';
 
 /** The coordination service: any of the chaos deployments' backends. */
 const BACKEND: BackendName = 'etcd';
-/** A failover: the dead primary's lease runs out (ttl 2 s), then a check, a campaign, the promote hook. */
+/** A failover: the dead primary's lease runs out (ttl 4 s), then a check, a campaign, the promote hook. */
 const FAILOVER_MS = 30000;
 const TEST_MS = 120000;
 
@@ -59,6 +59,10 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
     pg = await PgCluster.start(deployment, { synchronous: true });
   }, TEST_MS);
 
+  afterEach(({ task }) => {
+    if (task.result?.state === 'fail') console.log(pg?.nodes.map((n) => n.diagnostics()).join('\n'));
+  });
+
   afterAll(async () => {
     await pg?.stop();
     await deployment?.stop();
@@ -81,7 +85,7 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
       expect(missing(acks, await promoted.rowIds())).toEqual([]);
       console.log(
         `synchronous, kill -9 of the primary node: ${acks.length} commits acknowledged, none lost; ` +
-          `writes stopped for ${downtimeMs(acks, db1.id, promoted.id)} ms (ttl 2 s); positions ${JSON.stringify(Object.fromEntries([...positions].map(([id, p]) => [id, String(p)])))}`,
+          `writes stopped for ${downtimeMs(acks, db1.id, promoted.id)} ms (ttl ${TTL_SECONDS} s); positions ${JSON.stringify(Object.fromEntries([...positions].map(([id, p]) => [id, String(p)])))}`,
       );
       await pg!.waitForStandbys(promoted, [other], FAILOVER_MS);
 
@@ -145,6 +149,10 @@ describe(`PostgreSQL on ${BACKEND}, asynchronous replication`, () => {
     deployment = await startDeployment(BACKEND, 'single');
     pg = await PgCluster.start(deployment, { synchronous: false });
   }, TEST_MS);
+
+  afterEach(({ task }) => {
+    if (task.result?.state === 'fail') console.log(pg?.nodes.map((n) => n.diagnostics()).join('\n'));
+  });
 
   afterAll(async () => {
     await pg?.stop();

@@ -34,6 +34,9 @@ until [ "$(psql -XAtq -d "$conninfo" -c 'select pg_is_in_recovery()' 2>/dev/null
   sleep 0.2
 done
 
+# A promoted server writes its new timeline into its control file, which pg_rewind reads, only at
+# its next checkpoint: ask for one, or pg_rewind may see the old timeline and rewind to the wrong point.
+psql -XAtq -d "$conninfo" -c checkpoint
 # -R (--write-recovery-conf) leaves standby.signal and primary_conninfo for the leader.
 if pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
   echo "pg_rewind done"
