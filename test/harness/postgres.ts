@@ -4,7 +4,8 @@
  * check and hooks (examples/postgres/). Servers, sidecars and hooks run as the unprivileged
  * `postgres` user the package creates (PostgreSQL refuses to run as root), with their data under a
  * throwaway directory; the system's own cluster and service are never touched. The coordination
- * service is one setting: any chaos deployment (etcd by default).
+ * service is one setting, a chaos deployment: etcd, ZooKeeper or Consul (the local backend's
+ * directory would have to belong to postgres).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -62,6 +63,16 @@ function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Alive and not a zombie: a killed process the init process has not reaped yet is done. */
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
   } catch {
     return false;
   }
@@ -133,10 +144,11 @@ export class PgNode {
   /**
    * kill -9 of the whole server: every process stopped first, then killed, so no child outlives
    * the postmaster for a moment and writes on (killing the postmaster alone leaves its children
-   * running until they notice). Resolves once they are gone, reaped included: a zombie postmaster
-   * still looks like a running server to pg_ctl.
+   * running until they notice). Resolves once they are gone, reaped included (`reaped`, as the
+   * next start needs: a zombie postmaster still looks like a running server to pg_ctl; the init
+   * process here takes over a second to reap).
    */
-  async killPostgres(): Promise<void> {
+  async killPostgres(reaped = true): Promise<void> {
     const pids = this.processes();
     for (const signal of ['SIGSTOP', 'SIGKILL'] as const) {
       for (const pid of pids) {
@@ -147,7 +159,8 @@ export class PgNode {
         }
       }
     }
-    if (!(await until(() => !pids.some(alive), 10000))) throw new Error(`${this.id}: PostgreSQL processes ${pids.join(' ')} outlived SIGKILL`);
+    const gone = await until(() => !pids.some(reaped ? alive : running), 10000);
+    if (!gone) throw new Error(`${this.id}: PostgreSQL processes ${pids.join(' ')} outlived SIGKILL`);
   }
 
   /** The end of its PostgreSQL log and its sidecar's hook output, for a failure's message. */
@@ -284,10 +297,12 @@ export class PgCluster {
   }
 
   async stop(): Promise<void> {
-    await Promise.all(this.nodes.map(async (node) => {
-      node.sidecar?.signal('SIGKILL');
-      await Promise.all([node.sidecar?.exited, node.killPostgres()]);
-    }));
+    await Promise.all(
+      this.nodes.map(async (node) => {
+        node.sidecar?.signal('SIGKILL');
+        await Promise.all([node.sidecar?.exited, node.killPostgres(false)]);
+      }),
+    );
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
