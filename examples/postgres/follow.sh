@@ -26,11 +26,10 @@ fi
 # once its promotion forks the history below this node's WAL: wait for the promotion. A member
 # can also come first and step back (another one is better, or a switchover names another): the
 # hook for the next leader then follows this one, so stop waiting.
-tries=0
+deadline=$(($(date +%s) + 60))
 until [ "$(psql -XAtq -d "$conninfo" -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; do
   [ "$(current_leader)" = "$LEADERD_LEADER_ID" ] || { echo "$LEADERD_LEADER_ID no longer leads"; exit 0; }
-  tries=$((tries + 1))
-  [ $tries -le 300 ] || { echo "$LEADERD_LEADER_ID is not a primary after 60 s" >&2; exit 1; }
+  [ "$(date +%s)" -lt $deadline ] || { echo "$LEADERD_LEADER_ID is not a primary after 60 s" >&2; exit 1; }
   sleep 0.2
 done
 
