@@ -9,12 +9,12 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { settled } from './conformance.js';
 import { startDeployment, type BackendName, type Deployment } from './chaos/deployments.js';
 import { until } from './chaos/world.js';
-import { ADMIN_TOKEN, MAX_LAG_BYTES, PgCluster, TTL_SECONDS, type Ack, type PgNode } from './harness/postgres.js';
+import { ADMIN_TOKEN, MAX_LAG_BYTES, PgCluster, type Ack, type PgNode } from './harness/postgres.js';
 import type { LogLine, Sidecar } from './harness/sidecar.js';
 
 /** The coordination service: any of the chaos deployments' backends. */
 const BACKEND: BackendName = 'etcd';
-/** A failover: the dead primary's lease runs out (ttl 4 s), then a check, a campaign, the promote hook. */
+/** A failover: the dead primary's lease runs out (a few seconds), then a check, a campaign, the promote hook. */
 const FAILOVER_MS = 30000;
 const TEST_MS = 120000;
 
@@ -77,7 +77,7 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
       await receiversStopped([db2, db3]);
       const positions = new Map(await Promise.all([db2, db3].map(async (n) => [n.id, await n.position()] as const)));
 
-      const { primary } = await settled([sidecarOf(db2), sidecarOf(db3)], FAILOVER_MS);
+      const { primary, state } = await settled([sidecarOf(db2), sidecarOf(db3)], FAILOVER_MS);
       const [promoted, other] = primary.id === db2.id ? [db2, db3] : [db3, db2];
       expect(positions.get(promoted.id)! >= positions.get(other.id)!).toBe(true);
       await writer.waitForAcks(promoted.id, 20, FAILOVER_MS);
@@ -85,7 +85,7 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
       expect(missing(acks, await promoted.rowIds())).toEqual([]);
       console.log(
         `synchronous, kill -9 of the primary node: ${acks.length} commits acknowledged, none lost; ` +
-          `writes stopped for ${downtimeMs(acks, db1.id, promoted.id)} ms (ttl ${TTL_SECONDS} s); positions ${JSON.stringify(Object.fromEntries([...positions].map(([id, p]) => [id, String(p)])))}`,
+          `writes stopped for ${downtimeMs(acks, db1.id, promoted.id)} ms (ttl ${state.ttlSeconds} s); positions ${JSON.stringify(Object.fromEntries([...positions].map(([id, p]) => [id, String(p)])))}`,
       );
       await pg!.waitForStandbys(promoted, [other], FAILOVER_MS);
 
