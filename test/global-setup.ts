@@ -1,7 +1,8 @@
-/** Installs the coordination servers, Prometheus, and the container and systemd tools the suite needs before any test runs. */
+/** Installs the servers (coordination services, PostgreSQL, Prometheus) and the container and systemd tools the suite needs before any test runs. */
 import { ensureConsulInstalled } from './harness/consul.js';
 import { ensureEtcdInstalled } from './harness/etcd.js';
 import { ensurePodmanInstalled } from './harness/podman.js';
+import { ensurePostgresInstalled } from './harness/postgres.js';
 import { ensurePrometheusInstalled } from './harness/prometheus.js';
 import { ensureSystemdAnalyzeInstalled } from './harness/systemd.js';
 import { ensureZookeeperInstalled } from './harness/zookeeper.js';
@@ -11,6 +12,7 @@ export default function setup(): void {
   ensureConsulInstalled();
   ensureZookeeperInstalled();
   ensurePrometheusInstalled();
+  ensurePostgresInstalled();
   ensurePodmanInstalled();
   ensureSystemdAnalyzeInstalled();
 }

@@ -1,0 +1,48 @@
+#!/bin/sh
+# leaderd --on-leader-change: follow the new leader.
+#  - A running replica is pointed at it: PostgreSQL restarts its WAL receiver on reload.
+#  - A stopped server (a former primary, killed or demoted) may hold WAL the new primary never got:
+#    pg_rewind takes it back to the point where their histories parted, then it starts as a replica.
+#    When pg_rewind cannot (the WAL it needs is gone, say), a fresh copy of the leader replaces it.
+. "$(dirname "$0")/env.sh"
+[ -n "$LEADERD_LEADER_ADDRESS" ] || exit 0
+[ "$LEADERD_LEADER_ID" != "$LEADERD_ID" ] || exit 0 # the leader is this node: promote.sh's turn
+conninfo=$(leader_conninfo)
+
+if running; then
+  in_recovery=$(sql 'select pg_is_in_recovery()') || { echo "PostgreSQL runs but does not answer" >&2; exit 1; }
+  if [ "$in_recovery" = t ]; then
+    sql "alter system set primary_conninfo = '$conninfo'"
+    sql "select pg_reload_conf()" >/dev/null
+    echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"
+    exit 0
+  fi
+  # Still a primary (its demote failed): it must stop before it can follow.
+  pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null
+fi
+
+# leaderd names the leader as soon as it comes first, before its promote hook has run. Rewinding
+# against a server that is still a replica would find nothing to rewind, then fail to follow it
+# once its promotion forks the history below this node's WAL: wait for the promotion. A member
+# can also come first and step back (another one is better, or a switchover names another): the
+# hook for the next leader then follows this one, so stop waiting.
+deadline=$(($(date +%s) + 60))
+until [ "$(psql -XAtq -d "$conninfo" -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; do
+  [ "$(current_leader)" = "$LEADERD_LEADER_ID" ] || { echo "$LEADERD_LEADER_ID no longer leads"; exit 0; }
+  [ "$(date +%s)" -lt $deadline ] || { echo "$LEADERD_LEADER_ID is not a primary after 60 s" >&2; exit 1; }
+  sleep 0.2
+done
+
+# A promoted server writes its new timeline into its control file, which pg_rewind reads, only at
+# its next checkpoint: ask for one, or pg_rewind may see the old timeline and rewind to the wrong point.
+psql -XAtq -d "$conninfo" -c checkpoint
+# -R (--write-recovery-conf) leaves standby.signal and primary_conninfo for the leader.
+if pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
+  echo "pg_rewind done"
+else
+  echo "pg_rewind failed: copying $LEADERD_LEADER_ID afresh"
+  rm -rf "$PGDATA.old" && mv "$PGDATA" "$PGDATA.old"
+  pg_basebackup -D "$PGDATA" -d "$conninfo" -R -X stream -c fast
+fi
+start_postgres
+echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"

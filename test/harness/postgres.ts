@@ -1,0 +1,360 @@
+/**
+ * A real PostgreSQL cluster failed over by leaderd: Debian's postgresql-15, three servers on
+ * loopback ports with streaming replication, each with a leaderd sidecar that runs the example's
+ * check and hooks (examples/postgres/). Servers, sidecars and hooks run as the unprivileged
+ * `postgres` user the package creates (PostgreSQL refuses to run as root), with their data under a
+ * throwaway directory; the system's own cluster and service are never touched. The coordination
+ * service is one setting, a chaos deployment: etcd, ZooKeeper or Consul (the local backend's
+ * directory would have to belong to postgres).
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import type { Deployment } from '../chaos/deployments.js';
+import { until } from '../chaos/world.js';
+import { readJsonLines } from './json-lines.js';
+import { freePort } from './ports.js';
+import { Sidecar } from './sidecar.js';
+import { aptInstall, runs } from './system.js';
+
+export const PG_BINDIR = '/usr/lib/postgresql/15/bin';
+export const EXAMPLE_DIR = fileURLToPath(new URL('../../examples/postgres/', import.meta.url));
+export const ADMIN_TOKEN = 'postgres-admin-token';
+/** The sidecars' lease, when the deployment's is shorter. */
+export const TTL_SECONDS = 4;
+/** The example's --max-lag (leaderd.sh): 1 MiB of WAL. */
+export const MAX_LAG_BYTES = 1024 * 1024;
+
+const run = promisify(execFile);
+
+/** Installs Debian's postgresql-15 when its server is missing (the test harness runs as root). */
+export function ensurePostgresInstalled(): void {
+  if (runs(`${PG_BINDIR}/postgres`, ['--version'])) return;
+  aptInstall('postgresql-15');
+  if (!runs(`${PG_BINDIR}/postgres`, ['--version'])) throw new Error(`installing postgresql-15 did not provide ${PG_BINDIR}/postgres`);
+}
+
+/** How a command runs as the `postgres` user: setpriv execs it, so its pid is the command's. */
+function asPostgres(command: readonly string[]): [string, ...string[]] {
+  return ['setpriv', '--reuid=postgres', '--regid=postgres', '--init-groups', ...command];
+}
+
+/** Process ids whose parent is `pid`, from /proc. */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so read after the last ')'.
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) children.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return children;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Alive and not a zombie: a killed process the init process has not reaped yet is done. */
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/** One member: a PostgreSQL server and, once started, its sidecar. */
+export class PgNode {
+  sidecar: Sidecar | null = null;
+
+  constructor(
+    readonly id: string,
+    readonly port: number,
+    readonly dataDir: string,
+    /** The environment the example's scripts read (env.sh). */
+    readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  /** What replicas connect to when this node is primary: its sidecar's --address. */
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+
+  /** Runs one of the example's scripts as the postgres user, as an operator would. */
+  async script(name: string, args: readonly string[] = []): Promise<string> {
+    const [file, ...rest] = asPostgres([join(EXAMPLE_DIR, name), ...args]);
+    try {
+      return (await run(file, rest, { env: { ...process.env, ...this.env } })).stdout;
+    } catch (error) {
+      const { stdout, stderr } = error as { stdout?: string; stderr?: string };
+      throw new Error(`${this.id}: ${name} failed: ${String(error)}\n${stdout ?? ''}${stderr ?? ''}\n${this.diagnostics()}`);
+    }
+  }
+
+  /** One query through psql over TCP; the unaligned, tuples-only answer, trimmed. */
+  async sql(query: string): Promise<string> {
+    const args = ['-XAtq', '-v', 'ON_ERROR_STOP=1', '-h', '127.0.0.1', '-p', String(this.port), '-U', 'postgres', '-d', 'postgres', '-c', query];
+    return (await run(join(PG_BINDIR, 'psql'), args, { timeout: 10000 })).stdout.trim();
+  }
+
+  /** The answer of `sql`, or null while the server does not answer. */
+  async trySql(query: string): Promise<string | null> {
+    try {
+      return await this.sql(query);
+    } catch {
+      return null;
+    }
+  }
+
+  /** The postmaster and its children (backends, WAL sender and receiver, ...); empty when stopped. */
+  processes(): number[] {
+    const pidFile = join(this.dataDir, 'postmaster.pid');
+    if (!existsSync(pidFile)) return [];
+    const postmaster = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+    return alive(postmaster) ? [postmaster, ...childrenOf(postmaster)] : [];
+  }
+
+  /** The WAL receiver's pid (a replica streaming), or null. */
+  walReceiver(): number | null {
+    for (const pid of this.processes()) {
+      try {
+        if (readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('walreceiver')) return pid;
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return null;
+  }
+
+  /**
+   * kill -9 of the whole server: every process stopped first, then killed, so no child outlives
+   * the postmaster for a moment and writes on (killing the postmaster alone leaves its children
+   * running until they notice). Resolves once they are gone, reaped included (`reaped`, as the
+   * next start needs: a zombie postmaster still looks like a running server to pg_ctl; the init
+   * process here takes over a second to reap).
+   */
+  async killPostgres(reaped = true): Promise<void> {
+    const pids = this.processes();
+    for (const signal of ['SIGSTOP', 'SIGKILL'] as const) {
+      for (const pid of pids) {
+        try {
+          process.kill(pid, signal);
+        } catch {
+          // already gone
+        }
+      }
+    }
+    const gone = await until(() => !pids.some(reaped ? alive : running), 10000);
+    if (!gone) throw new Error(`${this.id}: PostgreSQL processes ${pids.join(' ')} outlived SIGKILL`);
+  }
+
+  /** The end of its PostgreSQL log and its sidecar's hook output, for a failure's message. */
+  diagnostics(): string {
+    const log = existsSync(`${this.dataDir}.log`) ? readFileSync(`${this.dataDir}.log`, 'utf8').split('\n').slice(-15).join('\n') : '(no log)';
+    const hooks = (this.sidecar?.logs ?? [])
+      .filter((l) => /^(hook|role|leader|check|switchover|session|lease)/.test(l.msg))
+      .slice(-30)
+      .map((l) => [l.time, l.msg, l.hook, l.line, l.reason, l.error].filter((f) => f !== undefined).map(String).join(' '));
+    return `${this.id}'s PostgreSQL log ends:\n${log}\n${this.id}'s sidecar:\n${hooks.join('\n')}`;
+  }
+
+  /** The WAL position PostgreSQL itself reports, in bytes: written (primary) or received (replica). */
+  async position(): Promise<bigint> {
+    return BigInt(
+      await this.sql(
+        `select pg_wal_lsn_diff(case when pg_is_in_recovery() then pg_last_wal_receive_lsn() else pg_current_wal_lsn() end, '0/0')::bigint`,
+      ),
+    );
+  }
+
+  /** The ids of the rows writer.mjs committed, as this server has them. */
+  async rowIds(): Promise<Set<number>> {
+    const text = await this.sql('select id from writes');
+    return new Set(text.split('\n').filter(Boolean).map(Number));
+  }
+
+  /** application_name of every standby streaming from this server. */
+  async streamingStandbys(): Promise<string[]> {
+    const text = await this.trySql(`select application_name from pg_stat_replication where state = 'streaming' order by 1`);
+    return text ? text.split('\n') : [];
+  }
+}
+
+export interface PgClusterOptions {
+  /** synchronous_standby_names = 'ANY 1 (the others)' on the primary (PG_SYNCHRONOUS=on). */
+  readonly synchronous: boolean;
+}
+
+/** Three members, db1 the first primary; sidecars on the deployment's first server. */
+export class PgCluster {
+  readonly election = `pg-${randomBytes(4).toString('hex')}`;
+
+  private constructor(
+    readonly deployment: Deployment,
+    readonly dir: string,
+    readonly nodes: readonly PgNode[],
+  ) {}
+
+  static async start(deployment: Deployment, options: PgClusterOptions): Promise<PgCluster> {
+    const dir = mkdtempSync(join(tmpdir(), 'leaderd-pg-'));
+    const { uid, gid } = postgresUser();
+    chownSync(dir, uid, gid);
+    const ids = ['db1', 'db2', 'db3'];
+    const nodes: PgNode[] = [];
+    for (const id of ids) {
+      const port = await freePort();
+      nodes.push(
+        new PgNode(id, port, join(dir, id), {
+          PGDATA: join(dir, id),
+          PGPORT: String(port),
+          PG_BINDIR,
+          PG_SYNCHRONOUS: options.synchronous ? 'on' : 'off',
+          PG_MEMBERS: ids.join(' '),
+          HOME: dir,
+        }),
+      );
+    }
+    const cluster = new PgCluster(deployment, dir, nodes);
+    try {
+      const [first, ...others] = nodes as [PgNode, ...PgNode[]];
+      await first.script('init-primary.sh');
+      // The tests kill processes, never the host: the page cache outlives them, so an fsync only
+      // costs time (tens of ms a commit on a busy disk). The copies inherit the setting.
+      await first.sql(`alter system set fsync = off`);
+      await first.sql(`select pg_reload_conf()`);
+      for (const node of others) await node.script('clone-replica.sh', [node.id, first.address]);
+      // The node with the data leads first, as in the example's README; then the copies join.
+      await cluster.startSidecar(first);
+      await first.sidecar!.waitForRole('primary', 30000);
+      for (const node of others) {
+        const sidecar = await cluster.startSidecar(node);
+        await sidecar.waitForState((s) => s.role === 'replica' && s.leader?.id === first.id, 30000, `replica of ${first.id}`);
+        // Its leader-change hook re-points the replica (restarting its WAL receiver): let it finish.
+        await sidecar.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'leader-change', 30000, 'its leader-change hook');
+      }
+      await cluster.waitForStandbys(first, others, 30000);
+    } catch (error) {
+      await cluster.stop();
+      throw error;
+    }
+    return cluster;
+  }
+
+  /** Starts `node`'s sidecar as the postgres user, as the example does (leaderd.sh). */
+  async startSidecar(node: PgNode): Promise<Sidecar> {
+    const backend = this.deployment.sidecarArgs(this.election, this.deployment.servers[0]?.address ?? null);
+    // At least 4 s (the last --ttl given counts): with three PostgreSQL servers, a writer and a
+    // loaded 2-core machine, a 2 s lease is now and then lost to a starved event loop, which is a
+    // real failover but not the one a test means.
+    if (this.deployment.ttlSeconds < TTL_SECONDS) backend.push('--ttl', String(TTL_SECONDS));
+    // leaderd.sh listens where LEADERD_HTTP says, so that its hooks can ask the sidecar.
+    const env = { ...node.env, LEADERD_ADMIN_TOKEN: ADMIN_TOKEN, LEADERD_HTTP: `127.0.0.1:${await freePort()}` };
+    node.sidecar = await Sidecar.start(node.id, backend, env, asPostgres([join(EXAMPLE_DIR, 'leaderd.sh')]));
+    return node.sidecar;
+  }
+
+  /** The whole node down at once, as a crashed host: its sidecar and its server, kill -9. */
+  async killNode(node: PgNode): Promise<void> {
+    node.sidecar?.signal('SIGKILL');
+    await Promise.all([node.sidecar?.exited, node.killPostgres()]);
+    node.sidecar = null;
+  }
+
+  /** Resolves once every one of `standbys` streams from `primary`. */
+  async waitForStandbys(primary: PgNode, standbys: readonly PgNode[], timeoutMs: number): Promise<void> {
+    let last: string[] = [];
+    const streaming = await until(async () => {
+      last = await primary.streamingStandbys();
+      return standbys.every((s) => last.includes(s.id));
+    }, timeoutMs);
+    if (!streaming) {
+      const behind = standbys.filter((s) => !last.includes(s.id));
+      throw new Error(
+        `${primary.id}: ${behind.map((s) => s.id).join(', ')} not streaming within ${timeoutMs} ms (streaming: ${last.join(', ') || 'none'})\n` +
+          behind.map((s) => s.diagnostics()).join('\n'),
+      );
+    }
+  }
+
+  /** Starts writer.mjs against every sidecar running now. */
+  startWriter(): Writer {
+    return new Writer(join(this.dir, `acks-${randomBytes(4).toString('hex')}.jsonl`), this.nodes.flatMap((n) => (n.sidecar ? [n.sidecar.url] : [])));
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.nodes.map(async (node) => {
+        node.sidecar?.signal('SIGKILL');
+        await Promise.all([node.sidecar?.exited, node.killPostgres(false)]);
+      }),
+    );
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** One commit writer.mjs reported acknowledged. */
+export interface Ack {
+  id: number;
+  node: string;
+  token: number;
+  /** Wall-clock ms when the acknowledgement arrived. */
+  at: number;
+}
+
+/** examples/postgres/writer.mjs as its own process, its acknowledgements in a file. */
+export class Writer {
+  private readonly child: ChildProcess;
+  private readonly exited: Promise<number | null>;
+  stderr = '';
+
+  constructor(readonly file: string, sidecars: readonly string[]) {
+    this.child = spawn(process.execPath, [join(EXAMPLE_DIR, 'writer.mjs'), '--sidecars', sidecars.join(','), '--acks', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr += chunk.toString()));
+    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+  }
+
+  acks(): Ack[] {
+    return readJsonLines<Ack>(this.file);
+  }
+
+  /** Resolves once `count` commits have been acknowledged by `node` (from now or earlier). */
+  async waitForAcks(node: string, count: number, timeoutMs: number): Promise<void> {
+    if (!(await until(() => this.acks().filter((a) => a.node === node).length >= count, timeoutMs))) {
+      throw new Error(`writer: not ${count} commits acknowledged by ${node} within ${timeoutMs} ms; it said:\n${this.stderr.slice(-2000)}`);
+    }
+  }
+
+  /** SIGTERM; resolves with every acknowledgement once it has exited. */
+  async stop(): Promise<Ack[]> {
+    this.child.kill('SIGTERM');
+    const code = await this.exited;
+    if (code !== 0) throw new Error(`writer exited with ${code}: ${this.stderr.slice(-2000)}`);
+    return this.acks();
+  }
+
+  kill(): void {
+    this.child.kill('SIGKILL');
+  }
+}
+
+function postgresUser(): { uid: number; gid: number } {
+  const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('postgres:'));
+  if (!line) throw new Error('no postgres user: the postgresql-15 package creates it');
+  const [, , uid, gid] = line.split(':');
+  return { uid: Number(uid), gid: Number(gid) };
+}
