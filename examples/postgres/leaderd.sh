@@ -5,8 +5,9 @@
 # PostgreSQL, which the others replicate from while it leads.
 here=$(dirname "$0")
 . "$here/env.sh"
-# Where this sidecar listens, for its hooks to ask who leads now (follow.sh): from LEADERD_HTTP,
-# not --http, which would stay hidden from them.
+# Where this sidecar listens, for its hooks to ask who leads now (follow.sh): leaderd reads
+# LEADERD_HTTP itself, and takes it out of its hooks' environment, so a copy is kept for them.
+# (Not --http: the hooks would not see it.)
 export PG_SIDECAR_HTTP="${LEADERD_HTTP:-127.0.0.1:7070}"
 # --check-timeout, --unhealthy-after: a check slowed down by a busy host is not an outage.
 # --hook-timeout: a pg_rewind or a fresh copy of a large database takes a while.
@@ -19,4 +20,4 @@ exec node "$here/../../bin/leaderd.js" \
   --on-leader-change "$here/follow.sh" \
   --check-timeout 2 --unhealthy-after 5 --hook-timeout 120 \
   --max-lag 1048576 \
-  "$@" --http "$PG_SIDECAR_HTTP"
+  "$@"

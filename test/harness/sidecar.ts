@@ -63,7 +63,8 @@ export class Sidecar {
   }
 
   /**
-   * Starts `leaderd ARGS --id ID --http 127.0.0.1:0` and resolves once it listens. `command`: how
+   * Starts `leaderd ARGS --id ID --http 127.0.0.1:0` and resolves once it listens (where `env`
+   * names LEADERD_HTTP, there, and without the flag, which would win over it). `command`: how
    * leaderd is started (the clone's bin under this Node by default, an installed bin for the package).
    */
   static async start(
@@ -73,7 +74,8 @@ export class Sidecar {
     command: readonly [string, ...string[]] = [process.execPath, BIN],
   ): Promise<Sidecar> {
     const [file, ...before] = command;
-    const child = spawn(file, [...before, '--id', id, '--http', '127.0.0.1:0', ...args], {
+    const http = env.LEADERD_HTTP === undefined ? ['--http', '127.0.0.1:0'] : [];
+    const child = spawn(file, [...before, '--id', id, ...http, ...args], {
       env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
