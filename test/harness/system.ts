@@ -11,9 +11,13 @@ export function runs(path: string, args: readonly string[]): boolean {
   }
 }
 
+/** Whether this process has brought apt's package lists up to date (once is enough for a run). */
+let updated = false;
+
 /** Installs Debian packages (the test harness runs as root, with Debian's mirrors reachable). */
 export function aptInstall(...pkgs: readonly string[]): void {
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+  if (!updated) execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+  updated = true;
   execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...pkgs], { stdio: 'inherit', env });
 }
