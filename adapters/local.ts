@@ -281,14 +281,15 @@ class LocalSession implements Session {
       // never saw this term (a process started later) takes a larger one; our member record is
       // renewed (failing, it expires as a dead member's would, which is what it then is to the
       // others); what a crash left in staging/ goes. A directory that fails the checks of the
-      // start ends the session instead: the next start refuses it.
+      // start ends the session instead: the next start refuses it, or, if it may pass by itself
+      // (a read-only remount), tries again.
       try {
         await this.ensureLayout();
         if (this.holding) await this.createToken(this.holding.fencingToken);
         await this.renewMember();
         await this.removeAbandonedStaging();
       } catch (error) {
-        if (error instanceof BackendConfigError) throw new SessionLostError(error.message);
+        if (error instanceof BackendConfigError || error instanceof LocalDirError) throw new SessionLostError(error.message);
         this.context.log.warn({ err: errorMessage(error) }, 'cannot restore the election directory or renew our member record');
       }
     });
@@ -846,22 +847,22 @@ class LocalSession implements Session {
   }
 }
 
-/**
- * Makes `path` if it is missing and checks that it is a directory of the user running leaderd
- * that not every user may write to, unless it is sticky (then nobody else can remove or rename
- * what leaderd keeps there). A wrong one cannot become right by retrying: BackendConfigError,
- * naming local-dir.
- */
 /** Election directories this process has once found fit for use (see ensureLayout). */
 const USABLE_DIRECTORIES = new Set<string>();
 
+/** Something wrong with --local-dir that may pass by itself: it ends the session, which is retried. */
+class LocalDirError extends Error {}
+
 /**
- * Makes `path` if need be and checks that it is a directory of ours that we can write in. What
- * can only be fixed in the configuration is a BackendConfigError; what may pass by itself (no
- * permission or a read-only filesystem now, a parent removed meanwhile) is one only when `strict`.
+ * Makes `path` if it is missing and checks that it is a directory of the user running leaderd
+ * that not every user may write to, unless it is sticky (then nobody else can remove or rename
+ * what leaderd keeps there), and that leaderd can write in it. A wrong one cannot become right by
+ * retrying: BackendConfigError, naming local-dir. What may pass by itself (no permission or a
+ * read-only filesystem now, a parent removed meanwhile, in a directory of our own) is one only
+ * when `strict`, and else a LocalDirError.
  */
 async function ownDirectory(path: string, strict: boolean): Promise<{ made: boolean; inode: number }> {
-  const mayPass = (message: string) => (strict ? new BackendConfigError(message) : new Error(message));
+  const mayPass = (message: string) => (strict ? new BackendConfigError(message) : new LocalDirError(message));
   let made: boolean;
   try {
     made = await makeDirectories(resolve(path));
@@ -877,17 +878,19 @@ async function ownDirectory(path: string, strict: boolean): Promise<{ made: bool
   if (!info.isDirectory()) throw new BackendConfigError(`local-dir: ${path} is not a directory`);
   const filesystem = PSEUDO_FILESYSTEMS.get((await statfs(path)).type);
   if (filesystem) throw new BackendConfigError(`local-dir: ${path} is on ${filesystem}, which cannot hold files; choose a directory on a real filesystem`);
-  try {
-    // Root passes every permission check but a read-only mount's (EROFS).
-    await access(path, constants.W_OK | constants.X_OK);
-  } catch (error) {
-    throw mayPass(`local-dir: cannot write in ${path} (${code(error)}); choose a directory of your own with --local-dir`);
-  }
+  // Whose it is comes first: a directory someone else made in its place must be refused, never
+  // taken for one of ours that cannot be written just now.
   if (process.getuid && info.uid !== process.getuid()) {
     throw new BackendConfigError(`local-dir: ${path} belongs to another user (uid ${info.uid}); choose a directory of your own`);
   }
   if ((info.mode & constants.S_IWOTH) !== 0 && (info.mode & STICKY) === 0) {
     throw new BackendConfigError(`local-dir: ${path} is writable by every user; chmod o-w, or chmod +t so that nobody can remove what is not theirs`);
+  }
+  try {
+    // Root passes every permission check but a read-only mount's (EROFS).
+    await access(path, constants.W_OK | constants.X_OK);
+  } catch (error) {
+    throw mayPass(`local-dir: cannot write in ${path} (${code(error)}); choose a directory of your own with --local-dir`);
   }
   return { made, inode: info.ino };
 }

@@ -236,10 +236,14 @@ const FACT_VARIABLES = [
   'LEADERD_CHECK',
 ] as const;
 
+/** Service-link variables of a Service (Kubernetes) or a linked container (Docker) named leaderd. */
+const SERVICE_LINK = /^LEADERD_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?|NAME|ENV_\w+)$/;
+
 /**
  * The LEADERD_* settings in `env`. A variable that names no setting is refused: a typo
  * (`LEADERD_TTLL`) would otherwise leave the default in force without a word, as an unknown key
- * in the config file is refused too.
+ * in the config file is refused too. The platform's service-link variables (SERVICE_LINK) are
+ * left alone.
  *
  * A leaderd started by a hook or a check of another one (a script that runs `leaderd cluster`, a
  * test harness) inherits that one's facts, never its settings: leaderd strips its own LEADERD_*
@@ -247,9 +251,6 @@ const FACT_VARIABLES = [
  * together (role, leader, token), and are then ignored rather than read as this leaderd's id,
  * election or check.
  */
-/** Service-link variables of a Service (Kubernetes) or a linked container (Docker) named leaderd. */
-const SERVICE_LINK = /^LEADERD_(SERVICE_HOST|SERVICE_PORT(_\w+)?|PORT(_\w+)?|NAME|ENV_\w+)$/;
-
 function settingsFromEnvironment(env: NodeJS.ProcessEnv): Partial<Record<OptionName, string>> {
   const startedByLeaderd = ['LEADERD_ROLE', 'LEADERD_LEADER_ID', 'LEADERD_LEADER_ADDRESS', 'LEADERD_FENCING_TOKEN'].every((name) => env[name] !== undefined);
   const byVariable = new Map(OPTION_NAMES.map((name) => [envName(name), name]));

@@ -28,8 +28,8 @@ export function checkCommands(config: Config, env: NodeJS.ProcessEnv = process.e
   }
 }
 
-/** Where a program is looked for without PATH: wide rather than narrow, so as never to refuse what would run. */
-const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** Where spawning looks for a program without PATH (libuv's execvp: glibc's default path). */
+const DEFAULT_PATH = '/usr/bin:/bin';
 
 /**
  * Why `program` cannot be run as commands run (execvp: a name without "/" is looked up in PATH,

@@ -291,22 +291,33 @@ describe('local: --local-dir', () => {
     expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${file} is not a directory\n`);
   });
 
-  it('a --local-dir remounted read-only under a primary: it steps down, stays up, and leads again once it is writable', async () => {
+  it('a --local-dir remounted read-only under a primary and a replica: both sessions end, both stay up, and one leads again once it is writable', async () => {
+    // A bind mount of a directory onto itself, which can be remounted read-only (root, CAP_SYS_ADMIN).
     const mount = mkdtempSync(join(tmpdir(), 'leaderd-remount-'));
-    execFileSync('mount', ['--bind', mount, mount]);
+    let mounted = false;
     try {
-      const node = await Sidecar.start('remount', ['--backend', 'local', '--local-dir', mount, '--election', newElection(), '--ttl', '2']);
+      execFileSync('mount', ['--bind', mount, mount]);
+      mounted = true;
+      const election = newElection();
+      const start = (id: string) => Sidecar.start(id, ['--backend', 'local', '--local-dir', mount, '--election', election, '--ttl', '2']);
+      const node = await start('remount');
       await node.waitForRole('primary', 15000);
+      const follower = await start('remount-follower');
+      await follower.waitForState((s) => s.role === 'replica' && s.leader?.id === 'remount', 15000, 'a replica');
       execFileSync('mount', ['-o', 'remount,ro,bind', mount]);
-      await node.waitForLog((l) => l.msg === 'session ended', 15000, 'the session ended');
-      // A directory that was fit for use and is read-only now may be writable again: retried, not refused.
-      await node.waitForLog((l) => l.msg !== 'session ended' && JSON.stringify(l).includes('EROFS'), 15000, 'a failed reopen');
-      expect(running(node.pid)).toBe(true);
+      // Both sessions end (the primary's renewal cannot rename its beat, the replica's cannot keep
+      // the directory up), and both retry: a directory that was fit for use may be writable again.
+      for (const n of [node, follower]) {
+        await n.waitForLog((l) => l.msg === 'session ended', 15000, 'the session ended');
+        await n.waitForLog((l) => l.msg !== 'session ended' && JSON.stringify(l).includes('EROFS'), 15000, 'a failed reopen');
+        expect(running(n.pid)).toBe(true);
+      }
       execFileSync('mount', ['-o', 'remount,rw,bind', mount]);
-      await node.waitForRole('primary', 30000);
+      await settled([node, follower], 30000);
     } finally {
       await Sidecar.killAll();
-      execFileSync('umount', [mount]);
+      if (mounted) execFileSync('umount', [mount]);
+      rmSync(mount, { recursive: true, force: true });
     }
   });
 
