@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { BACKENDS, createBackend } from '../adapters/index.js';
-import { ConfigError, helpText, parseCommand, type Config } from './config.js';
+import { ConfigError, helpText, parseCommand, withSource, type Config } from './config.js';
 import { Elector, errorMessage } from './elector.js';
 import { HookRunner } from './hooks.js';
 import { createHttpServer, listen } from './http.js';
@@ -93,8 +93,10 @@ async function run(config: Config): Promise<void> {
     settle: () => hooks.idle(),
     gate: member,
     fatal: (error) => {
-      log.error({ err: error.message }, 'the backend refused the configuration');
-      process.stderr.write(`leaderd: invalid configuration: ${error.message}\n`);
+      // Named like a refusal at start: the setting, then where it was set.
+      const message = withSource(new ConfigError(error.message), config.sources).message;
+      log.error({ err: message }, 'the backend refused the configuration');
+      process.stderr.write(`leaderd: invalid configuration: ${message}\n`);
       void shutdown(2, 'configuration refused by the backend');
     },
   });

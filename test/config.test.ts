@@ -306,7 +306,7 @@ describe('the leaderd command', () => {
     ] as const) {
       const result = await runLeaderd(['--http', '127.0.0.1:0', '--local-dir', dir, '--election', 'pseudo']);
       expect(result.code, dir).toBe(2);
-      expect(result.stderr).toMatch(new RegExp(`^leaderd: invalid configuration: local-dir: ${message.replace(/[()]/g, '\\$&')}[^\\n]*\\n$`));
+      expect(result.stderr).toMatch(new RegExp(`^leaderd: invalid configuration: local-dir: ${message.replace(/[()]/g, '\\$&')}[^\\n]* \\(set by --local-dir\\)\\n$`));
     }
   });
 

@@ -288,7 +288,7 @@ describe('local: --local-dir', () => {
     writeFileSync(file, 'a file\n');
     const result = await runUntilItEnds(['--id', 'file', '--http', '127.0.0.1:0', '--local-dir', file, '--election', newElection()], 15000);
     expect(result.code).toBe(2);
-    expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${file} is not a directory\n`);
+    expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${file} is not a directory (set by --local-dir)\n`);
   });
 
   it('a --local-dir remounted read-only under a primary and a replica: both sessions end, both stay up, and one leads again once it is writable', async () => {
@@ -598,7 +598,7 @@ describe('local: --local-dir that others may write to', () => {
     chmodSync(open, 0o777);
     const result = await runUntilItEnds(['--id', 'open', '--http', '127.0.0.1:0', '--local-dir', open, '--election', newElection()], 15000);
     expect(result.code).toBe(2);
-    expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${open} is writable by every user; chmod o-w, or chmod +t so that nobody can remove what is not theirs\n`);
+    expect(result.stderr).toBe(`leaderd: invalid configuration: local-dir: ${open} is writable by every user; chmod o-w, or chmod +t so that nobody can remove what is not theirs (set by --local-dir)\n`);
 
     const sticky = mkdtempSync(join(tmpdir(), 'leaderd-sticky-'));
     chmodSync(sticky, 0o1777);
