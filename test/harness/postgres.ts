@@ -8,7 +8,7 @@
  * directory would have to belong to postgres).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,16 +34,8 @@ const run = promisify(execFile);
 /** Installs Debian's postgresql-15 when its server is missing (the test harness runs as root). */
 export function ensurePostgresInstalled(): void {
   if (runs(`${PG_BINDIR}/postgres`, ['--version'])) return;
-  // Debian's package makes a cluster of its own and starts the system service for it: policy-rc.d
-  // (Debian's switch for that) keeps the service from starting, so nothing listens on 5432.
-  const policy = '/usr/sbin/policy-rc.d';
-  const ours = !existsSync(policy);
-  if (ours) writeFileSync(policy, '#!/bin/sh\n# leaderd tests: no service starts while packages are installed\nexit 101\n', { mode: 0o755 });
-  try {
-    aptInstall('postgresql-15');
-  } finally {
-    if (ours) rmSync(policy, { force: true });
-  }
+  // (Debian's package makes a cluster of its own: aptInstall keeps its service from starting.)
+  aptInstall('postgresql-15');
   if (!runs(`${PG_BINDIR}/postgres`, ['--version'])) throw new Error(`installing postgresql-15 did not provide ${PG_BINDIR}/postgres`);
 }
 
