@@ -50,13 +50,14 @@ async function receiversStopped(replicas: readonly PgNode[]): Promise<void> {
   if (!stopped) throw new Error(`the replicas still stream: ${replicas.map((r, i) => `${r.id}: ${receivers[i]}`).join('; ')}`);
 }
 
-describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
+/** A three-node cluster on its own deployment for the describe it is called in, and its diagnostics when a test fails. */
+function clusterFor(options: { synchronous: boolean }): () => PgCluster {
   let deployment: Deployment | undefined;
   let pg: PgCluster | undefined;
 
   beforeAll(async () => {
     deployment = await startDeployment(BACKEND, 'single');
-    pg = await PgCluster.start(deployment, { synchronous: true });
+    pg = await PgCluster.start(deployment, options);
   }, TEST_MS);
 
   afterEach(({ task }) => {
@@ -68,12 +69,18 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
     await deployment?.stop();
   });
 
+  return () => pg!;
+}
+
+describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
+  const pg = clusterFor({ synchronous: true });
+
   it('kill -9 of the primary node: the most up-to-date replica takes over with every acknowledged commit, the other follows it, and the old primary rejoins through pg_rewind', async () => {
-    const [db1, db2, db3] = pg!.nodes as [PgNode, PgNode, PgNode];
-    const writer = pg!.startWriter();
+    const [db1, db2, db3] = pg().nodes as [PgNode, PgNode, PgNode];
+    const writer = pg().startWriter();
     try {
       await writer.waitForAcks(db1.id, 50, 20000);
-      await pg!.killNode(db1);
+      await pg().killNode(db1);
       await receiversStopped([db2, db3]);
       const positions = new Map(await Promise.all([db2, db3].map(async (n) => [n.id, await n.position()] as const)));
 
@@ -87,13 +94,13 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
         `synchronous, kill -9 of the primary node: ${acks.length} commits acknowledged, none lost; ` +
           `writes stopped for ${downtimeMs(acks, db1.id, promoted.id)} ms (ttl ${state.ttlSeconds} s); positions ${JSON.stringify(Object.fromEntries([...positions].map(([id, p]) => [id, String(p)])))}`,
       );
-      await pg!.waitForStandbys(promoted, [other], FAILOVER_MS);
+      await pg().waitForStandbys(promoted, [other], FAILOVER_MS);
 
       // The old primary comes back: its sidecar's leader-change hook rewinds it and starts it as a replica.
       const restarted = performance.now();
-      const rejoining = await pg!.startSidecar(db1);
+      const rejoining = await pg().startSidecar(db1);
       await rejoining.waitForState((s) => s.role === 'replica' && s.leader?.id === promoted.id, FAILOVER_MS, `replica of ${promoted.id}`);
-      await pg!.waitForStandbys(promoted, [other, db1], FAILOVER_MS);
+      await pg().waitForStandbys(promoted, [other, db1], FAILOVER_MS);
       console.log(`the old primary streams again ${Math.round(performance.now() - restarted)} ms after its sidecar started`);
       expect(rejoining.logs.some((l) => l.msg === 'hook output' && l.line === 'pg_rewind done')).toBe(true);
       const target = await promoted.position();
@@ -106,7 +113,7 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
   }, TEST_MS);
 
   it('a switchover to a named replica under write load loses no acknowledged commit, and the old primary follows the new one', async () => {
-    const nodes = pg!.nodes;
+    const nodes = pg().nodes;
     const roles = await Promise.all(nodes.map(async (n) => (n.sidecar ? (await n.sidecar.role()).role : 'down')));
     const old = nodes[roles.indexOf('primary')]!;
     // The first primary, rejoined in the test before, when it is a replica now.
@@ -117,7 +124,7 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
     }, FAILOVER_MS);
     expect(ready).toBe(true);
 
-    const writer = pg!.startWriter();
+    const writer = pg().startWriter();
     try {
       await writer.waitForAcks(old.id, 50, 20000);
       const response = await sidecarOf(old).fetch('/switchover', {
@@ -134,7 +141,7 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
       console.log(`switchover ${old.id} → ${candidate.id}: ${acks.length} commits acknowledged, none lost; writes stopped for ${downtimeMs(acks, old.id, candidate.id)} ms`);
 
       await sidecarOf(old).waitForState((s) => s.role === 'replica' && s.leader?.id === candidate.id, FAILOVER_MS, `replica of ${candidate.id}`);
-      await pg!.waitForStandbys(candidate, nodes.filter((n) => n !== candidate), FAILOVER_MS);
+      await pg().waitForStandbys(candidate, nodes.filter((n) => n !== candidate), FAILOVER_MS);
     } finally {
       writer.kill();
     }
@@ -142,26 +149,11 @@ describe(`PostgreSQL on ${BACKEND}, synchronous replication`, () => {
 });
 
 describe(`PostgreSQL on ${BACKEND}, asynchronous replication`, () => {
-  let deployment: Deployment | undefined;
-  let pg: PgCluster | undefined;
-
-  beforeAll(async () => {
-    deployment = await startDeployment(BACKEND, 'single');
-    pg = await PgCluster.start(deployment, { synchronous: false });
-  }, TEST_MS);
-
-  afterEach(({ task }) => {
-    if (task.result?.state === 'fail') console.log(pg?.nodes.map((n) => n.diagnostics()).join('\n'));
-  });
-
-  afterAll(async () => {
-    await pg?.stop();
-    await deployment?.stop();
-  });
+  const pg = clusterFor({ synchronous: false });
 
   it('a replica whose WAL receiver is frozen beyond --max-lag is never promoted: the other one is', async () => {
-    const [db1, db2, db3] = pg!.nodes as [PgNode, PgNode, PgNode];
-    const writer = pg!.startWriter();
+    const [db1, db2, db3] = pg().nodes as [PgNode, PgNode, PgNode];
+    const writer = pg().startWriter();
     let receiver: number | null = null;
     try {
       await writer.waitForAcks(db1.id, 50, 20000);
@@ -179,7 +171,7 @@ describe(`PostgreSQL on ${BACKEND}, asynchronous replication`, () => {
       }, FAILOVER_MS);
       expect(lagging).toBe(true);
 
-      await pg!.killNode(db1);
+      await pg().killNode(db1);
       const { primary } = await settled([sidecarOf(db2), sidecarOf(db3)], FAILOVER_MS);
       expect(primary.id).toBe(db2.id);
       expect(sidecarOf(db3).logs.some(becamePrimary)).toBe(false);
@@ -196,6 +188,6 @@ describe(`PostgreSQL on ${BACKEND}, asynchronous replication`, () => {
       if (receiver !== null) process.kill(receiver, 'SIGCONT');
     }
     // Running again, db3's WAL receiver follows the new primary (its hook has re-pointed it).
-    await pg!.waitForStandbys(db2, [db3], FAILOVER_MS);
+    await pg().waitForStandbys(db2, [db3], FAILOVER_MS);
   }, TEST_MS);
 });
