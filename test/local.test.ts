@@ -304,7 +304,7 @@ describe('local: --local-dir', () => {
       await node.waitForRole('primary', 15000);
       const follower = await start('remount-follower');
       await follower.waitForState((s) => s.role === 'replica' && s.leader?.id === 'remount', 15000, 'a replica');
-      execFileSync('mount', ['-o', 'remount,ro,bind', mount]);
+      await remount(mount, 'ro');
       // Both sessions end (the primary's renewal cannot rename its beat, the replica's cannot keep
       // the directory up), and both retry: a directory that was fit for use may be writable again.
       for (const n of [node, follower]) {
@@ -312,7 +312,7 @@ describe('local: --local-dir', () => {
         await n.waitForLog((l) => l.msg !== 'session ended' && JSON.stringify(l).includes('EROFS'), 15000, 'a failed reopen');
         expect(running(n.pid)).toBe(true);
       }
-      execFileSync('mount', ['-o', 'remount,rw,bind', mount]);
+      await remount(mount, 'rw');
       await settled([node, follower], 30000);
     } finally {
       await Sidecar.killAll();
@@ -387,6 +387,24 @@ function exitWithin(node: Sidecar, timeoutMs: number): Promise<unknown> {
 }
 
 /** Whether a process exists and has not exited (a zombie has). */
+/**
+ * Remounts the bind mount `path` read-only or read-write. Going read-only fails (EBUSY) while a
+ * file on it is open for writing, which the sidecars do for a moment at every record they write:
+ * tried again until it takes.
+ */
+async function remount(path: string, mode: 'ro' | 'rw'): Promise<void> {
+  const deadline = performance.now() + 10000;
+  for (;;) {
+    try {
+      execFileSync('mount', ['-o', `remount,${mode},bind`, path], { stdio: ['ignore', 'ignore', 'pipe'] });
+      return;
+    } catch (error) {
+      if (!/busy/.test(String((error as { stderr?: Buffer }).stderr)) || performance.now() > deadline) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+}
+
 function running(pid: number): boolean {
   try {
     return !['Z', 'X'].includes(processState(pid));
