@@ -6,15 +6,16 @@
  */
 import type { Backend } from '../src/backend.js';
 import type { BackendRequirements, Config } from '../src/config.js';
+import type { Logger } from '../src/log.js';
 
 interface BackendEntry extends BackendRequirements {
-  create(config: Config): Promise<Backend>;
+  create(config: Config, log: Logger): Promise<Backend>;
 }
 
 export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   local: { minimumTtlSeconds: 1, create: async (config) => new (await import('./local.js')).LocalBackend(config.local) },
   // etcd raises shorter lease TTLs to about 1.5 × its election timeout (2 s with defaults).
-  etcd: { minimumTtlSeconds: 2, wholeSecondTtl: true, create: async (config) => new (await import('./etcd.js')).EtcdBackend(config.etcd) },
+  etcd: { minimumTtlSeconds: 2, wholeSecondTtl: true, create: async (config, log) => new (await import('./etcd.js')).EtcdBackend(config.etcd, log) },
   zookeeper: {
     // The server's real bounds (2 to 20 tickTimes) are checked when the session opens. Below
     // 1.5 s the margin argued next would be under DEADLINE_MARGIN_SECONDS.
@@ -33,8 +34,8 @@ export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   },
 };
 
-export function createBackend(config: Config): Promise<Backend> {
+export function createBackend(config: Config, log: Logger): Promise<Backend> {
   const entry = BACKENDS[config.backend];
   if (!entry) throw new Error(`unknown backend ${config.backend}`);
-  return entry.create(config);
+  return entry.create(config, log);
 }
