@@ -3,7 +3,9 @@ import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
 import { EtcdBackend } from '../adapters/etcd.js';
 import { MAX_RECORD_BYTES, SessionLostError, type Session, type View } from '../src/backend.js';
-import { writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { conformance, histogramCount, newElection, scratchFile, settled } from './conformance.js';
 import { EtcdCluster, EtcdServer, ROOT_PASSWORD, type Etcdctl } from './harness/etcd.js';
 import { makePki } from './harness/tls.js';
@@ -132,6 +134,44 @@ describe('etcd: TLS and authentication', () => {
   it('a client certificate alone logs in as the user its common name names', async () => {
     const node = await Sidecar.start('etcd-cn', securedArgsFor(() => secured, {}, null)(newElection()));
     await node.waitForRole('primary', 15000);
+  });
+
+  it('TLS files rotated under a running primary are used from SIGHUP on: it keeps its term when etcd restarts with a certificate only the new CA file trusts', async () => {
+    const own = await EtcdServer.startSecured(pki, USERS);
+    try {
+      const dir = mkdtempSync(join(tmpdir(), 'leaderd-rotation-'));
+      const ca = join(dir, 'ca.crt');
+      copyFileSync(pki.ca, ca);
+      const client = pki.client(LEADERD_USER.name);
+      const [cert, key] = [join(dir, 'client.crt'), join(dir, 'client.key')];
+      copyFileSync(client.cert, cert);
+      copyFileSync(client.key, key);
+      const flags = securedArgsFor(() => own, { ca, cert, key })(newElection()).map((a, i, all) => (all[i - 1] === '--ttl' ? '6' : a));
+      const node = await Sidecar.start('etcd-rotation', flags);
+      const { fencingToken } = await node.waitForRole('primary', 15000);
+
+      // Half a rotation (a key that is not the certificate's) is not taken: the files in use stay.
+      copyFileSync(pki.otherClient.key, key);
+      node.signal('SIGHUP');
+      await node.waitForLog((l) => l.msg === 'the changed TLS files cannot be used; keeping the ones in use', 10000);
+      copyFileSync(client.key, key);
+
+      // The new CA file trusts both CAs, as during a real rotation of the server's certificate.
+      writeFileSync(ca, `${readFileSync(pki.ca, 'utf8')}${readFileSync(pki.otherCa, 'utf8')}`);
+      node.signal('SIGHUP');
+      await node.waitForLog((l) => l.msg === 'TLS files changed: new connections to etcd use them', 10000);
+      own.serverCertificate = pki.otherServer;
+      await own.pause();
+      await own.resume();
+      const renewals = () => histogramCount(node, 'leaderd_backend_request_duration_seconds', { operation: 'renew' });
+      const before = await renewals();
+      expect(await until(async () => (await renewals()) >= before + 3, 15000)).toBe(true);
+      expect(await node.role()).toMatchObject({ role: 'primary', fencingToken });
+      expect(node.logs.filter((l) => /stepping down|session lost|session ended/.test(String(l.msg)))).toEqual([]);
+    } finally {
+      await Sidecar.killAll();
+      await own.stop();
+    }
   });
 
   it('etcd restarted (its tokens forgotten): the primary keeps its term, and the replica still sees it go and takes over', async () => {

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './ports.js';
 import { aptInstall, runs } from './system.js';
-import type { Pki } from './tls.js';
+import type { CertificateFiles, Pki } from './tls.js';
 
 export const ETCD_BINARY = '/usr/bin/etcd';
 export const ETCDCTL_BINARY = '/usr/bin/etcdctl';
@@ -43,7 +43,12 @@ export class EtcdServer {
     private readonly initialCluster: string | null = null,
     /** TLS on the client URL, with client certificates required (see startSecured). */
     readonly pki: Pki | null = null,
-  ) {}
+  ) {
+    this.serverCertificate = pki?.server ?? null;
+  }
+
+  /** What the server presents on its client URL from its next (re)start: to test a rotation. */
+  serverCertificate: CertificateFiles | null;
 
   static async start(): Promise<EtcdServer> {
     const server = new EtcdServer(
@@ -112,9 +117,10 @@ export class EtcdServer {
   /** (Re)starts the server on its ports and data directory; resolves once it is healthy. */
   async resume(): Promise<void> {
     const log: string[] = [];
-    const tls = this.pki
-      ? ['--cert-file', this.pki.server.cert, '--key-file', this.pki.server.key, '--trusted-ca-file', this.pki.ca, '--client-cert-auth']
-      : [];
+    const tls =
+      this.pki && this.serverCertificate
+        ? ['--cert-file', this.serverCertificate.cert, '--key-file', this.serverCertificate.key, '--trusted-ca-file', this.pki.ca, '--client-cert-auth']
+        : [];
     const child = spawn(
       ETCD_BINARY,
       [
@@ -152,11 +158,12 @@ export class EtcdServer {
     if (!this.pki) {
       return ((await (await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000) })).json()) as { health?: string }).health;
     }
-    const { ca, client } = this.pki;
+    const { client } = this.pki;
     const body = await new Promise<string>((resolve, reject) => {
+      // Whichever certificate the server presents (see serverCertificate): this only asks whether it is up.
       const req = request(
         `${this.clientUrl}/health`,
-        { ca: readFileSync(ca), cert: readFileSync(client('root').cert), key: readFileSync(client('root').key), timeout: 1000 },
+        { rejectUnauthorized: false, cert: readFileSync(client('root').cert), key: readFileSync(client('root').key), timeout: 1000 },
         (response) => {
           let text = '';
           response.on('data', (chunk: Buffer) => (text += chunk.toString()));
