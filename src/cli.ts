@@ -188,7 +188,7 @@ async function run(config: Config): Promise<void> {
   // Not the default (exit without a demote): a hangup of the terminal leaderd was started from
   // must not end a primary's term uncleanly, and SIGHUP is how daemons are told to reload.
   process.on('SIGHUP', () => {
-    log.info('SIGHUP: reading the TLS files again');
+    log.info('SIGHUP: reading the TLS files again, if there are any');
     backend.reload?.();
   });
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
