@@ -62,7 +62,7 @@ import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '.
 import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started, candidateFrom, isCandidateName } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
-import { readTlsFiles, watchTlsFiles, type TlsFileSettings, type TlsMaterial } from '../src/tls-files.js';
+import { watchTlsFiles, type TlsFileSettings, type TlsMaterial } from '../src/tls-files.js';
 
 /** How many foreign keys a session remembers having warned about (in the election, and in the records). */
 const NOTED_KEYS = 100;
@@ -108,28 +108,42 @@ export class EtcdBackend implements Backend {
    */
   private everOpened = false;
   private requestTimeoutMs = 2000;
+  /** The TLS files in use. */
+  private material: TlsMaterial = {};
+  /**
+   * Whether the current client logs in (with --etcd-username). etcd with authentication off
+   * refuses every login, and the client library then fails every request: until etcd says
+   * authentication is on, requests go without one (as etcd's Go client does), so that
+   * credentials can be rolled out before `etcdctl auth enable`.
+   */
+  private loggingIn: boolean;
+  private tokenForgottenAt = -Infinity;
 
   constructor(
     private readonly options: EtcdOptions,
     private readonly log: Logger,
   ) {
-    this.current = this.newClient(options.tls ? readTlsFiles(options.tls) : {});
+    this.loggingIn = options.auth !== null;
     if (options.tls) {
       this.tlsWatch = watchTlsFiles(
         options.tls,
         TLS_FILES_CHECK_MS,
-        (material) => this.replaceClient(material),
-        (error) => log.warn({ err: error.message }, 'the changed TLS files cannot be used; keeping the ones in use'),
+        (material) => this.replaceClient(material, 'TLS files changed: new connections to etcd use them'),
+        (error) => log.warn({ err: error.message }, 'the changed TLS files cannot be used yet; keeping the ones in use'),
       );
+      this.material = this.tlsWatch.material;
     }
+    this.current = this.newClient();
   }
 
   get client(): Etcd3 {
     return this.current;
   }
 
-  private newClient(tls: TlsMaterial): Etcd3 {
-    const { auth, endpoints } = this.options;
+  private newClient(): Etcd3 {
+    const { endpoints } = this.options;
+    const tls = this.material;
+    const auth = this.loggingIn ? this.options.auth : null;
     return new Etcd3({
       hosts: [...endpoints],
       ...(tls.ca || tls.cert ? { credentials: credentialsFrom(tls) } : {}),
@@ -156,17 +170,35 @@ export class EtcdBackend implements Backend {
     const { prefix } = this.options;
     this.requestTimeoutMs = context.requestTimeoutMs;
     const session = new EtcdSession(this, `${prefix}/${context.election}/`, `${prefix}/.cluster/${context.election}/`, context);
+    // Known before it starts: a client replaced while it starts moves its first watch too.
+    this.sessions.add(session);
+    session.onClose(() => this.sessions.delete(session));
     try {
       await started(session);
     } catch (error) {
+      this.adaptToAuthentication(error);
       const explained = this.explain(error);
       if (explained && !this.everOpened) throw new BackendConfigError(explained);
       throw explained ? new Error(explained, { cause: error }) : error;
     }
     this.everOpened = true;
-    this.sessions.add(session);
-    session.onClose(() => this.sessions.delete(session));
     return session;
+  }
+
+  /**
+   * Follows etcd's authentication being turned off or on (see `loggingIn`): called with every
+   * failure a session reports; the request is retried on the session's own schedule.
+   */
+  adaptToAuthentication(error: unknown): void {
+    if (!this.options.auth) return;
+    const message = errorMessage(error);
+    if (this.loggingIn && /authentication is not enabled/.test(message)) {
+      this.loggingIn = false;
+      this.replaceClient(this.material, 'etcd has authentication off: requests go without logging in until it is on');
+    } else if (!this.loggingIn && /user name is empty|user name not found|invalid auth token|permission denied/.test(message)) {
+      this.loggingIn = true;
+      this.replaceClient(this.material, 'etcd has authentication on: logging in');
+    }
   }
 
   /** Reads the TLS files again now, if they changed (SIGHUP). */
@@ -183,10 +215,11 @@ export class EtcdBackend implements Backend {
    * New requests go to a client with the new files; each session's watch moves to it. The old
    * client is closed once what is under way on it has had its deadline.
    */
-  private replaceClient(material: TlsMaterial): void {
+  private replaceClient(material: TlsMaterial, why: string): void {
     const retired = this.current;
-    this.current = this.newClient(material);
-    this.log.info('TLS files changed: new connections to etcd use them');
+    this.material = material;
+    this.current = this.newClient();
+    this.log.info(why);
     for (const session of this.sessions) session.rewatch();
     setTimeout(() => retired.close(), RETIRED_CLIENT_MS).unref();
   }
@@ -200,6 +233,9 @@ export class EtcdBackend implements Backend {
     const message = errorMessage(error);
     if (error instanceof EtcdAuthenticationFailedError || error instanceof EtcdUserNotFoundError) {
       return `etcd-username: etcd refused ${auth ? `user ${auth.username} and its password (etcd-password-file)` : 'the credentials'}: ${message}`;
+    }
+    if (/user name is empty/.test(message)) {
+      return 'etcd-username: etcd has authentication on and leaderd gave no credentials: set etcd-username and etcd-password-file, or a client certificate (etcd-cert-file) whose common name is a user';
     }
     if (error instanceof EtcdPermissionDeniedError) {
       return `etcd-username: ${auth ? `user ${auth.username}` : 'this client'} may not read and write ${prefix}/ on etcd (permission denied); grant its role readwrite on the prefix ${prefix}/`;
@@ -216,8 +252,16 @@ export class EtcdBackend implements Backend {
     return null;
   }
 
-  /** Drops the cached authentication token: the next request logs in again (see EtcdSession.watch). */
+  /**
+   * Drops the cached authentication token, so that the next request logs in again (see
+   * EtcdSession.watch); at most once per renew interval, as a login costs etcd a bcrypt check and
+   * a Raft proposal, and an unreachable etcd fails every watch twice a second.
+   */
   forgetToken(): void {
+    if (!this.loggingIn) return;
+    const now = performance.now();
+    if (now - this.tokenForgottenAt < this.requestTimeoutMs) return;
+    this.tokenForgottenAt = now;
     (this.current as unknown as { pool: { authenticator: { invalidateMetadata(): void } } }).pool.authenticator.invalidateMetadata();
   }
 }
@@ -321,7 +365,7 @@ class EtcdSession implements Session {
     await this.client
       .if(this.directory, 'Create', '<', 0)
       .then(this.client.put(`${this.directory}.permission-probe`).value(''), this.client.put(`${this.records}.permission-probe`).value(''))
-      .else(this.client.get(`${this.records}${POSITION_NAME}`))
+      .else(this.client.getAll().prefix(this.directory).limit(1), this.client.getAll().prefix(this.records).limit(1))
       .options(this.deadline())
       .commit();
   }
@@ -334,8 +378,13 @@ class EtcdSession implements Session {
     }
   }
 
-  /** An error that only the operator can fix names its setting in the message (it is logged). */
+  /**
+   * An error that only the operator can fix names its setting in the message (it is logged).
+   * Every failure is also a chance that etcd forgot our token or turned authentication on or off.
+   */
   private explained(error: unknown): unknown {
+    this.backend.adaptToAuthentication(error);
+    this.backend.forgetToken();
     const explanation = this.backend.explain(error);
     return explanation && !(error instanceof SessionLostError) ? new Error(explanation, { cause: error }) : error;
   }
@@ -481,6 +530,7 @@ class EtcdSession implements Session {
         this.apply(early);
         return;
       } catch (error) {
+        this.backend.adaptToAuthentication(error);
         log.warn({ err: this.backend.explain(error) ?? errorMessage(error) }, 'cannot read the election; retrying');
         await sleep(Math.min(this.context.requestTimeoutMs, 500));
       }

@@ -562,6 +562,9 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   if (c['etcd-username'] !== undefined && etcdPassword === null) throw new ConfigError('etcd-username: needs etcd-password-file (or etcd-password)');
   if (c['etcd-username'] === undefined && etcdPassword !== null) throw new ConfigError(`etcd-password${c['etcd-password-file'] !== undefined ? '-file' : ''}: needs etcd-username`);
   const etcdTls = tlsSettings('etcd', c, 'etcd-endpoints', c['etcd-endpoints'], c.backend === 'etcd');
+  if (c.backend === 'etcd' && etcdPassword !== null && new URL(c['etcd-endpoints'][0]!).protocol === 'http:') {
+    warnings.push('etcd-username: the password goes to etcd in clear text over http:// endpoints; use https://');
+  }
   const consulTls = tlsSettings('consul', c, 'consul-addr', [c['consul-addr']], onConsul);
 
   const lockDelay = c['consul-lock-delay'] ?? renewDeadline + DEADLINE_MARGIN_SECONDS;

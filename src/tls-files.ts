@@ -8,10 +8,11 @@
  * of them (a CA that did not sign its certificate, a client certificate it does not trust) only
  * a connection can tell; the adapters name the setting then.
  *
- * The files are read again when they change (`TlsFiles.watch`), so that a rotated certificate is
+ * The files are read again when they change (`watchTlsFiles`), so that a rotated certificate is
  * picked up without a restart: a file's content is compared, not its mtime, because a Kubernetes
  * secret volume swaps a symlink and keeps old timestamps. A rotation that leaves the files
- * unusable (a key written before its certificate) keeps the material in use and is tried again.
+ * unusable (a key written before its certificate) keeps the material in use and is read again at
+ * every check until it can be used.
  */
 import { X509Certificate, createPrivateKey, createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -92,30 +93,41 @@ export function hasTlsFiles(settings: TlsFileSettings): boolean {
 }
 
 /**
- * Calls `changed` with freshly read material whenever the files' content changes, checked every
- * `intervalMs` and at once on `check()`. Unusable new content is reported to `failed` (once per
- * content) and the old material stays in use. Returns a stop function.
+ * Reads the files, then calls `changed` with freshly read material whenever their content
+ * changes, checked every `intervalMs` and at once on `check()`. New content that cannot be used
+ * is reported to `failed` once, and read again at every check until it can (a certificate not
+ * valid yet becomes valid; the other half of a rotation lands); meanwhile the old material stays
+ * in use. The first fingerprint is taken before the first read, so that a change landing in
+ * between is read again, never missed.
  */
 export function watchTlsFiles(
   settings: TlsFileSettings,
   intervalMs: number,
   changed: (material: TlsMaterial) => void,
   failed: (error: TlsFileError) => void,
-): { check(): void; stop(): void } {
-  let seen = fingerprint(settings);
+  clock: () => Date = () => new Date(),
+): { material: TlsMaterial; check(): void; stop(): void } {
+  let applied = fingerprint(settings);
+  const material = readTlsFiles(settings, clock());
+  let reported: string | null = null;
   const check = () => {
     const now = fingerprint(settings);
-    if (now === seen) return;
-    seen = now;
+    if (now === applied) return;
+    let fresh: TlsMaterial;
     try {
-      changed(readTlsFiles(settings));
+      fresh = readTlsFiles(settings, clock());
     } catch (error) {
-      failed(error instanceof TlsFileError ? error : new TlsFileError(String(error)));
+      if (now !== reported) failed(error instanceof TlsFileError ? error : new TlsFileError(String(error)));
+      reported = now;
+      return;
     }
+    applied = now;
+    reported = null;
+    changed(fresh);
   };
   const timer = setInterval(check, intervalMs);
   timer.unref();
-  return { check, stop: () => clearInterval(timer) };
+  return { material, check, stop: () => clearInterval(timer) };
 }
 
 /** A digest of the files' contents (an unreadable file counts as its error code). */

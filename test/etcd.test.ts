@@ -6,7 +6,7 @@ import { MAX_RECORD_BYTES, SessionLostError, type Session, type View } from '../
 import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { conformance, histogramCount, newElection, scratchFile, settled } from './conformance.js';
+import { conformance, histogramCount, newElection, sample, scrape, scratchFile, settled } from './conformance.js';
 import { EtcdCluster, EtcdServer, ROOT_PASSWORD, type Etcdctl } from './harness/etcd.js';
 import { makePki } from './harness/tls.js';
 import { TcpProxy } from './harness/proxy.js';
@@ -86,6 +86,30 @@ conformance({
 describe('etcd: TLS and authentication', () => {
   afterEach(() => Sidecar.killAll());
 
+  const successfulRenewals = async (node: Sidecar) => sample(await scrape(node), 'leaderd_lease_renewals_total', { result: 'success' });
+
+  it('credentials rolled out before etcd turns authentication on: the election works before and after `auth enable`', async () => {
+    // Users and roles exist, authentication is still off; the client certificate names no user,
+    // so once it is on, only a login gets leaderd in.
+    const own = await EtcdServer.startSecured(pki, USERS, { enableAuth: false });
+    try {
+      const election = newElection();
+      const flags = securedArgsFor(() => own, pki.client('no-such-user'))(election);
+      const group = await Promise.all(['a', 'b', 'c'].map((n) => Sidecar.start(`etcd-auth-later-${n}`, flags)));
+      const before = await settled(group, 20000);
+      own.etcdctlSync(['auth', 'enable']);
+      await before.primary.stop();
+      const after = await settled(before.replicas, 20000);
+      expect(after.state.fencingToken).toBeGreaterThan(before.state.fencingToken!);
+      for (const node of before.replicas) {
+        await node.waitForLog((l) => l.msg === 'etcd has authentication on: logging in', 10000);
+      }
+    } finally {
+      await Sidecar.killAll();
+      await own.stop();
+    }
+  });
+
   /** Runs leaderd on the secured server until it exits; asserts the one-line refusal and that no secret leaked. */
   async function refused(flags: string[]): Promise<string> {
     const result = await runLeaderd([...flags, '--http', '127.0.0.1:0']);
@@ -153,7 +177,7 @@ describe('etcd: TLS and authentication', () => {
       // Half a rotation (a key that is not the certificate's) is not taken: the files in use stay.
       copyFileSync(pki.otherClient.key, key);
       node.signal('SIGHUP');
-      await node.waitForLog((l) => l.msg === 'the changed TLS files cannot be used; keeping the ones in use', 10000);
+      await node.waitForLog((l) => l.msg === 'the changed TLS files cannot be used yet; keeping the ones in use', 10000);
       copyFileSync(client.key, key);
 
       // The new CA file trusts both CAs, as during a real rotation of the server's certificate.
@@ -163,7 +187,7 @@ describe('etcd: TLS and authentication', () => {
       own.serverCertificate = pki.otherServer;
       await own.pause();
       await own.resume();
-      const renewals = () => histogramCount(node, 'leaderd_backend_request_duration_seconds', { operation: 'renew' });
+      const renewals = () => successfulRenewals(node);
       const before = await renewals();
       expect(await until(async () => (await renewals()) >= before + 3, 15000)).toBe(true);
       expect(await node.role()).toMatchObject({ role: 'primary', fencingToken });
@@ -183,11 +207,11 @@ describe('etcd: TLS and authentication', () => {
       const group = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`etcd-restart-${n}`, flags(election))));
       const { primary, replicas, state } = await settled(group, 20000);
       const replica = replicas[0]!;
-      const renewals = () => histogramCount(primary, 'leaderd_backend_request_duration_seconds', { operation: 'renew' });
+      const renewals = () => successfulRenewals(primary);
       await own.pause();
       await own.resume();
-      // Three renewals after the restart span more than the renew deadline (4 s): had they
-      // failed, the primary would have stepped down by then.
+      // Three successful renewals after the restart: had the first ones failed for longer than
+      // the renew deadline (4 s), the primary would have stepped down by then.
       const before = await renewals();
       expect(await until(async () => (await renewals()) >= before + 3, 15000)).toBe(true);
       expect(await primary.role()).toMatchObject({ role: 'primary', fencingToken: state.fencingToken });

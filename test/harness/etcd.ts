@@ -63,12 +63,17 @@ export class EtcdServer {
 
   /**
    * A server as production runs it: TLS on the client URL, client certificates required
-   * (`--client-cert-auth`), and authentication on, with `root` (password ROOT_PASSWORD) and one
+   * (`--client-cert-auth`), and authentication on (unless `enableAuth` is false: users and roles
+   * made, `etcdctlSync(['auth', 'enable'])` left to the test), with `root` (password ROOT_PASSWORD) and one
    * user per entry of `users`, each with a role of its own that may read and write under its
    * prefix only (`role grant-permission --prefix`). A user may log in by password or by a client
    * certificate with its name as common name (pki.client(name)).
    */
-  static async startSecured(pki: Pki, users: ReadonlyArray<{ name: string; password: string; prefix: string }>): Promise<EtcdServer> {
+  static async startSecured(
+    pki: Pki,
+    users: ReadonlyArray<{ name: string; password: string; prefix: string }>,
+    { enableAuth = true } = {},
+  ): Promise<EtcdServer> {
     const server = new EtcdServer(
       'secured',
       `https://127.0.0.1:${await freePort()}`,
@@ -88,7 +93,7 @@ export class EtcdServer {
         ['user', 'add', `${name}:${password}`],
         ['user', 'grant-role', name, name],
       ]),
-      ['auth', 'enable'],
+      ...(enableAuth ? [['auth', 'enable']] : []),
     ];
     for (const command of commands) server.etcdctlSync(command);
     return server;
