@@ -280,6 +280,22 @@ describe('consul: TLS and ACLs', () => {
     await refused(argv, /consul-addr: the scheme does not match the agent/, [securedToken]);
   });
 
+  it('a permission taken away while running: the primary steps down and names it, and leads again once it is back', async () => {
+    const token = await secured.token(minimumPolicy(secured.nodeName));
+    const node = await Sidecar.start('consul-revoked', securedArgs(token, tlsArgs(pki.client('leaderd'))));
+    const first = await node.waitForRole('primary', 15000);
+    // Without session write, renewals are refused: the lease cannot be proved, whatever the lock says.
+    await secured.setRules(token, minimumPolicy(secured.nodeName).replace(/^session .*$/m, ''));
+    await node.waitForState((s) => s.role !== 'primary', (checkTtlSeconds + 2) * 1000, 'the step-down');
+    await node.waitForLog((l) => JSON.stringify(l).includes('may not create and renew sessions'), 10000, 'the refusal named');
+    expect(node.child.exitCode).toBeNull();
+    await secured.setRules(token, minimumPolicy(secured.nodeName));
+    const again = await node.waitForRole('primary', 30000);
+    expect(again.fencingToken!).toBeGreaterThanOrEqual(first.fencingToken!);
+    await stopAndDrain(node);
+    expect(JSON.stringify(node.logs) + node.stderr).not.toContain(token);
+  });
+
   it('rotated certificate files are picked up on SIGHUP: a good pair keeps the term, a refused one steps down, a good one again leads', async () => {
     const cert = scratchFile('client.crt');
     const key = scratchFile('client.key');

@@ -256,6 +256,11 @@ export class ConsulAgent {
     return createToken(this.proc, rules);
   }
 
+  /** Gives a token made by token() new rules. */
+  setRules(token: string, rules: string): Promise<void> {
+    return setRules(this.proc, token, rules);
+  }
+
   /** With `security`, TLS and ACLs as in production (see ConsulSecurity). */
   static async start(security: ConsulSecurity | null = null): Promise<ConsulAgent> {
     const binary = ensureConsulInstalled();
@@ -464,11 +469,21 @@ export class ConsulCluster {
 }
 
 let tokens = 0;
+/** Each token's own policy, by the token's secret: what setRules() changes. */
+const policies = new Map<string, { id: string; name: string }>();
 
 /** A policy made of `rules` and a token with it alone, created with the master token. */
 async function createToken(proc: ConsulProcess, rules: string): Promise<string> {
   const name = `leaderd-test-${++tokens}-${randomUUID().slice(0, 8)}`;
   const policy = await proc.api<{ ID: string }>('PUT', '/v1/acl/policy', JSON.stringify({ Name: name, Rules: rules }));
   const token = await proc.api<{ SecretID: string }>('PUT', '/v1/acl/token', JSON.stringify({ Description: name, Policies: [{ ID: policy.ID }] }));
+  policies.set(token.SecretID, { id: policy.ID, name });
   return token.SecretID;
+}
+
+/** Replaces the rules of a token made by createToken (a server resolves tokens afresh each time). */
+async function setRules(proc: ConsulProcess, token: string, rules: string): Promise<void> {
+  const policy = policies.get(token);
+  if (!policy) throw new Error('not a token of this harness');
+  await proc.api('PUT', `/v1/acl/policy/${policy.id}`, JSON.stringify({ Name: policy.name, Rules: rules }));
 }
