@@ -110,7 +110,7 @@ function credentialsFor(security: ConsulSecurity | null): Credentials | null {
  * One request to an agent's HTTP API (plain or, with credentials, HTTPS with the harness's
  * client certificate and the master token); resolves with the status and the body's text.
  */
-export function consulRequest(
+function consulRequest(
   httpAddr: string,
   credentials: Credentials | null,
   method: string,
