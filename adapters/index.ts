@@ -30,7 +30,7 @@ export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   consul: {
     // Consul refuses session TTLs below 10 s.
     minimumTtlSeconds: 10,
-    create: async (config) => new (await import('./consul.js')).ConsulBackend({ ...config.consul, sessionTtlSeconds: config.ttlSeconds }),
+    create: async (config, log) => new (await import('./consul.js')).ConsulBackend({ ...config.consul, sessionTtlSeconds: config.ttlSeconds }, log),
   },
 };
 
