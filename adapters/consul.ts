@@ -48,7 +48,7 @@ import type { Logger } from 'pino';
 import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
 import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started, candidateFrom } from '../src/backend.js';
 import { errorMessage } from '../src/elector.js';
-import { readTlsFiles, watchTlsFiles, type TlsFileSettings, type TlsMaterial } from '../src/tls-files.js';
+import { watchTlsFiles, type TlsFileSettings, type TlsMaterial } from '../src/tls-files.js';
 
 export interface ConsulOptions {
   /** The agent's HTTP API, e.g. http://127.0.0.1:8500 */
@@ -100,15 +100,17 @@ export class ConsulBackend implements Backend {
     private readonly options: ConsulOptions,
     private readonly log: Logger,
   ) {
-    this.current = this.newClient(options.tls ? readTlsFiles(options.tls) : {});
+    let material: TlsMaterial = {};
     if (options.tls) {
       this.tlsWatch = watchTlsFiles(
         options.tls,
         TLS_FILES_CHECK_MS,
         (material) => this.replaceClient(material),
-        (error) => log.warn({ err: error.message }, 'the changed TLS files cannot be used; keeping the ones in use'),
+        (error) => log.warn({ err: error.message }, 'the changed TLS files cannot be used yet; keeping the ones in use'),
       );
+      material = this.tlsWatch.material;
     }
+    this.current = this.newClient(material);
   }
 
   get client(): Consul {
@@ -133,6 +135,9 @@ export class ConsulBackend implements Backend {
 
   async open(context: SessionContext): Promise<Session> {
     const session = new ConsulSession(this, this.options, context);
+    // Known before it starts: a client replaced while it starts moves its first watch too.
+    this.sessions.add(session);
+    session.onClose(() => this.sessions.delete(session));
     try {
       await started(session);
     } catch (error) {
@@ -141,8 +146,6 @@ export class ConsulBackend implements Backend {
       throw explained ? new Error(explained, { cause: error }) : error;
     }
     this.everOpened = true;
-    this.sessions.add(session);
-    session.onClose(() => this.sessions.delete(session));
     return session;
   }
 
@@ -273,7 +276,8 @@ class ConsulSession implements Session {
 
   /** Watches again, on the backend's current client (its client was replaced). */
   rewatch(): void {
-    if (this.closed) return;
+    // Not watching yet (still starting): start() makes its watch on the current client.
+    if (this.closed || this.watch === null) return;
     const old = this.watch;
     // Cleared first: the old watch's end is not a lost watch.
     this.watch = null;
