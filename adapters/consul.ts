@@ -142,11 +142,26 @@ export class ConsulBackend implements Backend {
       await started(session);
     } catch (error) {
       const explained = this.explain(error);
-      if (explained && !this.everOpened) throw new BackendConfigError(explained);
+      if (explained && !this.everOpened && !(await this.refusalMayPass(error, context.requestTimeoutMs))) throw new BackendConfigError(explained);
       throw explained ? new Error(explained, { cause: error }) : error;
     }
     this.everOpened = true;
     return session;
+  }
+
+  /**
+   * An ACL refusal from an agent that has not reached its servers yet (just booted, say) is not
+   * the servers' word: with no cached token it applies `default_policy = deny` to everything. Such
+   * a refusal is retried, not a reason to exit; so is one when the agent cannot say.
+   */
+  private async refusalMayPass(error: unknown, timeoutMs: number): Promise<boolean> {
+    if (statusOf(error) !== 403) return false;
+    try {
+      const leader: unknown = await this.current.status.leader({ timeout: timeoutMs } as never);
+      return typeof leader !== 'string' || leader === '';
+    } catch {
+      return true;
+    }
   }
 
   /** Reads the TLS files again now, if they changed (SIGHUP). */
@@ -178,10 +193,13 @@ export class ConsulBackend implements Backend {
    */
   explain(error: unknown): string | null {
     const status = statusOf(error);
-    // Go's HTTPS server answers plain HTTP with a 400 whose body, without a content type, the
-    // client library leaves out of the message ("bad request"): it is read from the response.
+    // The client library keeps a body of over 80 characters, or one without a content type, out
+    // of the message ("bad request", "forbidden"): Go's HTTPS server answering plain HTTP with a
+    // 400, and Consul 1.11+ saying which permission a token lacks ("Permission denied: token with
+    // AccessorID '...' lacks permission 'key:write' on ..."; the accessor id is not the secret).
     const body = (error as { response?: { body?: unknown } } | null)?.response?.body;
-    const said = status === 400 && Buffer.isBuffer(body) && body.length < 200 ? body.toString().trim() : '';
+    const text = Buffer.isBuffer(body) ? body.toString() : typeof body === 'string' ? body : '';
+    const said = (status === 400 || status === 403) && text.length < 500 ? text.trim() : '';
     const message = said || errorMessage(error);
     const tokenSetting = 'consul-token-file (or consul-token)';
     if (status === 403 && /ACL not found/i.test(message)) {
@@ -192,7 +210,10 @@ export class ConsulBackend implements Backend {
       const whose = this.options.token ? 'the ACL token' : 'a request without an ACL token (none was given)';
       return `${tokenSetting}: ${whose} may not ${needed ?? 'do what leaderd needs'} (permission denied); see the minimum policy in docs/backends.md`;
     }
-    if (/unable to verify|self[- ]signed certificate|certificate has expired|unable to get (local )?issuer|Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME/i.test(message)) {
+    if (/Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME/i.test(message)) {
+      return `consul-addr: the agent's certificate does not name the host of ${this.options.address}: ${tlsCause(message)}`;
+    }
+    if (/unable to verify|self[- ]signed certificate|certificate has expired|unable to get (local )?issuer/i.test(message)) {
       return `consul-ca-file: the agent's certificate is not trusted: ${tlsCause(message)}`;
     }
     if (/alert (bad|unknown|unsupported|expired|revoked) certificate|alert unknown ca|alert certificate required|alert handshake failure/i.test(message)) {
@@ -216,7 +237,8 @@ function neededFor(operation: string | undefined, keyPrefix: string): string | n
     case undefined:
       return null;
     default:
-      return `write keys under ${keyPrefix}/ (key_prefix "${keyPrefix}/" { policy = "write" })`;
+      // Keys are written without a leading "/" (see ConsulSession's constructor).
+      return `write keys under ${keyPrefix}/ (key_prefix "${`${keyPrefix}/`.replace(/^\//, '')}" { policy = "write" })`;
   }
 }
 

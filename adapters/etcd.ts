@@ -240,7 +240,10 @@ export class EtcdBackend implements Backend {
     if (error instanceof EtcdPermissionDeniedError) {
       return `etcd-username: ${auth ? `user ${auth.username}` : 'this client'} may not read and write ${prefix}/ on etcd (permission denied); grant its role readwrite on the prefix ${prefix}/`;
     }
-    if (/unable to verify|self[- ]signed certificate|certificate has expired|unable to get (local )?issuer|Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME/i.test(message)) {
+    if (/Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME/i.test(message)) {
+      return `etcd-endpoints: etcd's certificate does not name the host it was reached at: ${tlsCause(message)}`;
+    }
+    if (/unable to verify|self[- ]signed certificate|certificate has expired|unable to get (local )?issuer/i.test(message)) {
       return `etcd-ca-file: etcd's certificate is not trusted: ${tlsCause(message)}`;
     }
     if (/alert (bad|unknown|unsupported|expired|revoked) certificate|alert unknown ca|alert certificate required|alert handshake failure/i.test(message)) {
