@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFailed } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
 import { EtcdBackend } from '../adapters/etcd.js';
@@ -85,6 +85,7 @@ conformance({
 
 describe('etcd: TLS and authentication', () => {
   afterEach(() => Sidecar.killAll());
+  beforeEach(() => onTestFailed(() => console.error(`the sidecars' logs: ${Sidecar.dumpLogs(scratchFile('etcd-tls-logs'))}`)));
 
   const successfulRenewals = async (node: Sidecar) => sample(await scrape(node), 'leaderd_lease_renewals_total', { result: 'success' });
 
