@@ -550,7 +550,9 @@ describe('zookeeper: member records', () => {
       expect(await members(b)).toEqual(['record of b']);
       // The follower goes on serving reads from its own copy until it notices, a few ticks later,
       // that its leader is silent; only a read that syncs with the leader first is refused.
-      for (const other of ensemble.members) if (other !== follower) other.freeze();
+      const others = ensemble.members.filter((other) => other !== follower);
+      for (const other of others) other.freeze();
+      await Promise.all(others.map((other) => other.stopped()));
       await expect(b.session.readCluster()).rejects.toThrow();
     } finally {
       for (const server of ensemble.members) server.thaw();
