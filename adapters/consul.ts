@@ -31,12 +31,24 @@
  * readCluster deletes a few per call (guarded by their ModifyIndex, in the background) so dead
  * members do not pile up. close() deletes its own at once. readCluster is one ?consistent
  * recursive GET, seeing every write completed before it; each publish is one PUT.
+ *
+ * Secured agents: an https:// address with consul-ca-file (and consul-cert-file/consul-key-file
+ * when the agent verifies clients), and an ACL token. The files are read again when they change
+ * (and on SIGHUP): new requests, and every session's watch, move to a client made with them. A
+ * failure only the operator can fix (a token the agent does not know, a permission the token
+ * lacks, a certificate refused either way, a scheme that does not match the agent) is logged as
+ * one line naming the setting; before any session has opened it ends leaderd (exit 2). The
+ * permissions needed are checked when a session opens, not at the first campaign: registering
+ * the service and creating the session need theirs anyway, and two releases of keys the new
+ * session cannot hold (its lock and its member record) need key write on both without writing.
  */
 import { randomBytes } from 'node:crypto';
 import Consul from 'consul';
+import type { Logger } from 'pino';
 import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
-import { MAX_RECORD_BYTES, SessionLostError, started, candidateFrom } from '../src/backend.js';
+import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started, candidateFrom } from '../src/backend.js';
 import { errorMessage } from '../src/elector.js';
+import { watchTlsFiles, type TlsFileSettings, type TlsMaterial } from '../src/tls-files.js';
 
 export interface ConsulOptions {
   /** The agent's HTTP API, e.g. http://127.0.0.1:8500 */
@@ -47,7 +59,13 @@ export interface ConsulOptions {
   readonly sessionTtlSeconds: number;
   readonly checkTtlSeconds: number;
   readonly lockDelaySeconds: number;
+  readonly tls: TlsFileSettings | null;
 }
+
+/** How often the TLS files are compared with what is in use (and at once on SIGHUP). */
+const TLS_FILES_CHECK_MS = 10000;
+/** How long a replaced client's connections are kept for the requests still under way on them. */
+const RETIRED_CLIENT_MS = 30000;
 
 interface KvItem {
   ModifyIndex: number;
@@ -68,23 +86,166 @@ const SWEEP_PER_READ = 3;
 
 export class ConsulBackend implements Backend {
   readonly kind = 'consul';
-  private readonly client: Consul;
+  /** The client new requests go to: replaced, with new TLS files, when they change. */
+  private current: Consul;
+  private readonly sessions = new Set<ConsulSession>();
+  private readonly tlsWatch: ReturnType<typeof watchTlsFiles> | null = null;
+  /**
+   * Until a session has opened, what only the operator can fix (see explain()) ends leaderd with
+   * exit 2; after, it may be a rotation half done, and the node retries, stepping down meanwhile.
+   */
+  private everOpened = false;
 
-  constructor(private readonly options: ConsulOptions) {
-    const url = new URL(options.address);
-    this.client = new Consul({
+  constructor(
+    private readonly options: ConsulOptions,
+    private readonly log: Logger,
+  ) {
+    let material: TlsMaterial = {};
+    if (options.tls) {
+      this.tlsWatch = watchTlsFiles(
+        options.tls,
+        TLS_FILES_CHECK_MS,
+        (material) => this.replaceClient(material),
+        (error) => log.warn({ err: error.message }, 'the changed TLS files cannot be used yet; keeping the ones in use'),
+      );
+      material = this.tlsWatch.material;
+    }
+    this.current = this.newClient(material);
+  }
+
+  get client(): Consul {
+    return this.current;
+  }
+
+  private newClient(tls: TlsMaterial): Consul {
+    const { address, token, datacenter } = this.options;
+    const url = new URL(address);
+    return new Consul({
       host: url.hostname,
       port: Number(url.port || (url.protocol === 'https:' ? 443 : 80)),
       secure: url.protocol === 'https:',
-      defaults: { ...(options.token ? { token: options.token } : {}), ...(options.datacenter ? { dc: options.datacenter } : {}) },
-    });
+      // papi hands ca, cert and key to https.request with every request (its CLIENT_OPTIONS), and
+      // the keep-alive https.Agent the consul package makes uses them for its connections. Without
+      // a ca, Node verifies the agent with its own CA store.
+      ...(tls.ca ? { ca: tls.ca } : {}),
+      ...(tls.cert ? { cert: tls.cert, key: tls.key } : {}),
+      defaults: { ...(token ? { token } : {}), ...(datacenter ? { dc: datacenter } : {}) },
+    } as ConstructorParameters<typeof Consul>[0]);
   }
 
-  open(context: SessionContext): Promise<Session> {
-    return started(new ConsulSession(this.client, this.options, context));
+  async open(context: SessionContext): Promise<Session> {
+    const session = new ConsulSession(this, this.options, context);
+    // Known before it starts: a client replaced while it starts moves its first watch too.
+    this.sessions.add(session);
+    session.onClose(() => this.sessions.delete(session));
+    try {
+      await started(session);
+    } catch (error) {
+      const explained = this.explain(error);
+      if (explained && !this.everOpened && !(await this.refusalMayPass(error, context.requestTimeoutMs))) throw new BackendConfigError(explained);
+      throw explained ? new Error(explained, { cause: error }) : error;
+    }
+    this.everOpened = true;
+    return session;
   }
 
-  async shutdown(): Promise<void> {}
+  /**
+   * An ACL refusal from an agent that has not reached its servers yet (just booted, say) is not
+   * the servers' word: with no cached token it applies `default_policy = deny` to everything. Such
+   * a refusal is retried, not a reason to exit; so is one when the agent cannot say.
+   */
+  private async refusalMayPass(error: unknown, timeoutMs: number): Promise<boolean> {
+    if (statusOf(error) !== 403) return false;
+    try {
+      const leader: unknown = await this.current.status.leader({ timeout: timeoutMs } as never);
+      return typeof leader !== 'string' || leader === '';
+    } catch {
+      return true;
+    }
+  }
+
+  /** Reads the TLS files again now, if they changed (SIGHUP). */
+  reload(): void {
+    this.tlsWatch?.check();
+  }
+
+  async shutdown(): Promise<void> {
+    this.tlsWatch?.stop();
+    this.current.destroy();
+  }
+
+  /**
+   * New requests go to a client with the new files; each session's watch moves to it. The old
+   * client's connections are closed once what is under way on them has had its deadline.
+   */
+  private replaceClient(material: TlsMaterial): void {
+    const retired = this.current;
+    this.current = this.newClient(material);
+    this.log.info('TLS files changed: new connections to Consul use them');
+    for (const session of this.sessions) session.rewatch();
+    setTimeout(() => retired.destroy(), RETIRED_CLIENT_MS).unref();
+  }
+
+  /**
+   * A failure only the operator can fix, as one line naming the setting; null for the others.
+   * Requests are wrapped by ConsulSession.call, which notes on the error what it was doing, so
+   * that a refusal can name the permission it lacked. The token itself is never in the line.
+   */
+  explain(error: unknown): string | null {
+    const status = statusOf(error);
+    // The client library keeps a body of over 80 characters, or one without a content type, out
+    // of the message ("bad request", "forbidden"): Go's HTTPS server answering plain HTTP with a
+    // 400, and Consul 1.11+ saying which permission a token lacks ("Permission denied: token with
+    // AccessorID '...' lacks permission 'key:write' on ..."; the accessor id is not the secret).
+    const body = (error as { response?: { body?: unknown } } | null)?.response?.body;
+    const text = Buffer.isBuffer(body) ? body.toString() : typeof body === 'string' ? body : '';
+    const said = (status === 400 || status === 403) && text.length < 500 ? text.trim() : '';
+    const message = said || errorMessage(error);
+    const tokenSetting = 'consul-token-file (or consul-token)';
+    if (status === 403 && /ACL not found/i.test(message)) {
+      return `${tokenSetting}: the Consul agent does not know the ACL token (ACL not found)`;
+    }
+    if (status === 403 && /Permission denied/i.test(message)) {
+      const needed = neededFor((error as { operation?: string }).operation, this.options.keyPrefix);
+      const whose = this.options.token ? 'the ACL token' : 'a request without an ACL token (none was given)';
+      return `${tokenSetting}: ${whose} may not ${needed ?? 'do what leaderd needs'} (permission denied); see the minimum policy in docs/backends.md`;
+    }
+    if (/Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME/i.test(message)) {
+      return `consul-addr: the agent's certificate does not name the host of ${this.options.address}: ${tlsCause(message)}`;
+    }
+    if (/unable to verify|self[- ]signed certificate|certificate has expired|unable to get (local )?issuer/i.test(message)) {
+      return `consul-ca-file: the agent's certificate is not trusted: ${tlsCause(message)}`;
+    }
+    if (/alert (bad|unknown|unsupported|expired|revoked) certificate|alert unknown ca|alert certificate required|alert handshake failure/i.test(message)) {
+      return `consul-cert-file: the agent refused the client certificate${this.options.tls?.cert ? '' : ' (none was given; set consul-cert-file and consul-key-file)'}: ${tlsCause(message)}`;
+    }
+    if (/wrong version number|packet length too long|HTTP request to an HTTPS server/i.test(message)) {
+      return `consul-addr: the scheme does not match the agent (https:// to a plain HTTP API, or http:// to an HTTPS one): ${tlsCause(message)}`;
+    }
+    return null;
+  }
+}
+
+/** The permission an operation needs, in the words of an ACL policy. */
+function neededFor(operation: string | undefined, keyPrefix: string): string | null {
+  switch (operation) {
+    case 'register':
+    case 'check':
+      return 'register the service leaderd and pass its check (service "leaderd" { policy = "write" })';
+    case 'session':
+      return 'create and renew sessions on the agent\'s node (session "NODE" { policy = "write" })';
+    case undefined:
+      return null;
+    default:
+      // Keys are written without a leading "/" (see ConsulSession's constructor).
+      return `write keys under ${keyPrefix}/ (key_prefix "${`${keyPrefix}/`.replace(/^\//, '')}" { policy = "write" })`;
+  }
+}
+
+/** OpenSSL's or Node's reason, without the library's "consul: " in front. */
+function tlsCause(message: string): string {
+  const ssl = /SSL routines:[^:]*:([^:\n]+)/.exec(message);
+  return (ssl?.[1] ?? message.replace(/^consul: /, '')).trim();
 }
 
 class ConsulSession implements Session {
@@ -113,8 +274,10 @@ class ConsulSession implements Session {
   /** Deleting leftover member keys; one sweep at a time. */
   private sweeping: Promise<void> | null = null;
 
+  private closeListener: (() => void) | null = null;
+
   constructor(
-    private readonly client: Consul,
+    private readonly backend: ConsulBackend,
     private readonly options: ConsulOptions,
     private readonly context: SessionContext,
   ) {
@@ -122,6 +285,26 @@ class ConsulSession implements Session {
     this.checkId = `${this.serviceId}-alive`;
     this.key = `${options.keyPrefix}/${context.election}/leader`.replace(/^\//, '');
     this.records = `${options.keyPrefix}/.cluster/${context.election}`.replace(/^\//, '');
+  }
+
+  /** The backend's current client: a TLS rotation moves every new request to a new one. */
+  private get client(): Consul {
+    return this.backend.client;
+  }
+
+  onClose(listener: () => void): void {
+    this.closeListener = listener;
+  }
+
+  /** Watches again, on the backend's current client (its client was replaced). */
+  rewatch(): void {
+    // Not watching yet (still starting): start() makes its watch on the current client.
+    if (this.closed || this.watch === null) return;
+    const old = this.watch;
+    // Cleared first: the old watch's end is not a lost watch.
+    this.watch = null;
+    old?.end();
+    this.startWatch();
   }
 
   private get memberKey(): string {
@@ -164,19 +347,31 @@ class ConsulSession implements Session {
     );
     this.sessionId = created.ID;
     this.context.log.info({ session: created.ID, check: this.checkId }, 'Consul session created');
+    // Key write on the lock and on the member records, asked for now rather than at the first
+    // campaign: a release by a session that holds neither key changes nothing, but needs it.
+    const id = created.ID;
+    await Promise.all(
+      [this.key, this.memberKey].map((key) => this.call('release', () => this.client.kv.set({ key, value: '', release: id, ...this.timeout }))),
+    );
     this.startWatch();
   }
 
   async renew(): Promise<void> {
     const id = this.sessionId!;
-    await this.call('check', () => this.client.agent.check.pass({ id: this.checkId, ...this.timeout }));
     try {
-      const renewed = await this.client.session.renew({ id, ...this.timeout });
+      await this.call('check', () => this.client.agent.check.pass({ id: this.checkId, ...this.timeout }));
+      const renewed = await this.call('session', () => this.client.session.renew({ id, ...this.timeout }), false);
       if (!Array.isArray(renewed) || renewed.length === 0) throw new SessionLostError(`Consul session ${id} is gone`);
     } catch (error) {
       if (statusOf(error) === 404) throw new SessionLostError(`Consul session ${id} was invalidated`);
-      throw error;
+      throw this.explained(error);
     }
+  }
+
+  /** An error that only the operator can fix names its setting in the message (it is logged). */
+  private explained(error: unknown): unknown {
+    const explanation = error instanceof SessionLostError ? null : this.backend.explain(error);
+    return explanation ? new Error(explanation, { cause: error }) : error;
   }
 
   async campaign(): Promise<void> {
@@ -196,6 +391,7 @@ class ConsulSession implements Session {
     this.campaigning = false;
     await this.acquiring;
     this.closed = true;
+    this.closeListener?.();
     clearTimeout(this.retryTimer);
     this.watch?.end();
     // Releasing first hands over at once; destroying a session that holds a lock would make
@@ -214,21 +410,27 @@ class ConsulSession implements Session {
 
   async publishMember(record: string): Promise<void> {
     const key = this.memberKey;
-    const written = await this.call('put', () => this.client.kv.set({ key, value: record, acquire: this.sessionId!, ...this.timeout }));
+    const written = await this.call('put', () => this.client.kv.set({ key, value: record, acquire: this.sessionId!, ...this.timeout })).catch((error: unknown) => {
+      throw this.explained(error);
+    });
     // Refused: the session no longer holds its key, as after Consul invalidated it (renew() reports the loss).
     if (!written) throw new Error(`Consul refused the member record ${key}: is the session still valid?`);
   }
 
   async publishLeaderPosition(record: string): Promise<void> {
     const key = `${this.records}/leader-position`;
-    await this.call('put', () => this.client.kv.set({ key, value: record, ...this.timeout }));
+    await this.call('put', () => this.client.kv.set({ key, value: record, ...this.timeout })).catch((error: unknown) => {
+      throw this.explained(error);
+    });
   }
 
   async readCluster(): Promise<ClusterRecords> {
     const prefix = `${this.records}/`;
     const items = (await this.call('get', () =>
       this.client.kv.get({ key: prefix, recurse: true, consistent: true, buffer: true, ...this.timeout } as never),
-    )) as unknown as RecordItem[] | undefined;
+    ).catch((error: unknown) => {
+      throw this.explained(error);
+    })) as unknown as RecordItem[] | undefined;
     const members: string[] = [];
     let leaderPosition: string | null = null;
     const leftovers: RecordItem[] = [];
@@ -273,8 +475,15 @@ class ConsulSession implements Session {
     });
   }
 
-  private call<T>(operation: string, request: () => Promise<T>): Promise<T> {
-    return this.context.measure(operation, request);
+  /**
+   * A request, timed for the metrics (unless `measured` is false). A failure carries the
+   * operation, so that a refusal can name the permission it needed (ConsulBackend.explain).
+   */
+  private call<T>(operation: string, request: () => Promise<T>, measured = true): Promise<T> {
+    return (measured ? this.context.measure(operation, request) : request()).catch((error: unknown) => {
+      if (error && typeof error === 'object' && !('operation' in error)) Object.assign(error, { operation });
+      throw error;
+    });
   }
 
   private startWatch(): void {
@@ -284,11 +493,19 @@ class ConsulSession implements Session {
       backoffFactor: 100,
       backoffMax: 1000,
     });
-    watch.on('change', (data: KvItem | null) => this.observe(data ?? null));
-    watch.on('error', (error: unknown) => this.context.log.warn({ err: errorMessage(error) }, 'watching the Consul lock failed; retrying'));
+    // Answers reach observe() in order only from one watch: a replaced one's late answer is dropped.
+    watch.on('change', (data: KvItem | null) => {
+      if (this.watch === watch) this.observe(data ?? null);
+    });
+    watch.on('error', (error: unknown) => {
+      // A read of the lock needs key read: a refusal names the key prefix.
+      if (error && typeof error === 'object' && !('operation' in error)) Object.assign(error, { operation: 'get' });
+      this.context.log.warn({ err: this.backend.explain(error) ?? errorMessage(error) }, 'watching the Consul lock failed; retrying');
+    });
     // The helper gives up for good on some answers (400, no index): without a watch we are blind.
+    // A watch replaced by rewatch() ends too, and is no longer this.watch then.
     watch.on('end', () => {
-      if (!this.closed) this.context.events.lost(new SessionLostError('the watch on the Consul lock ended'));
+      if (!this.closed && this.watch === watch) this.context.events.lost(new SessionLostError('the watch on the Consul lock ended'));
     });
     this.watch = watch;
   }
@@ -344,7 +561,7 @@ class ConsulSession implements Session {
    */
   private tryAcquire(): Promise<void> {
     this.acquiring ??= this.acquireOnce()
-      .catch((error) => this.context.log.warn({ err: errorMessage(error) }, 'cannot acquire the Consul lock'))
+      .catch((error) => this.context.log.warn({ err: this.backend.explain(error) ?? errorMessage(error) }, 'cannot acquire the Consul lock'))
       .finally(() => {
         this.acquiring = null;
         if (this.closed || !this.campaigning || this.current?.Session) return;

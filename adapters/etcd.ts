@@ -45,12 +45,24 @@
  * write: a value over MAX_RECORD_BYTES, a key of another shape, and a member key without a lease
  * (nothing would ever delete it: it is no live member's) are skipped with one warning each.
  */
-import { Etcd3, EtcdLeaseInvalidError, type IEvent, type IKeyValue, type Watcher } from 'etcd3';
+import {
+  Etcd3,
+  EtcdAuthenticationFailedError,
+  EtcdLeaseInvalidError,
+  EtcdPermissionDeniedError,
+  EtcdUserNotFoundError,
+  type IEvent,
+  type IKeyValue,
+  type IOptions,
+  type Watcher,
+} from 'etcd3';
 import { ExponentialBackoff, noop } from 'cockatiel';
+import type { Logger } from 'pino';
 import type { Backend, ClusterRecords, Leader, Session, SessionContext } from '../src/backend.js';
 import { BackendConfigError, MAX_RECORD_BYTES, SessionLostError, started, candidateFrom, isCandidateName } from '../src/backend.js';
 import { sleep } from '../src/clock.js';
 import { errorMessage } from '../src/elector.js';
+import { watchTlsFiles, type TlsFileSettings, type TlsMaterial } from '../src/tls-files.js';
 
 /** How many foreign keys a session remembers having warned about (in the election, and in the records). */
 const NOTED_KEYS = 100;
@@ -71,18 +83,73 @@ function keyOf(kv: IKeyValue): string {
 const KEEPALIVE_MS = 6000;
 const KEEPALIVE_TIMEOUT_MS = 3000;
 
+/** How often the TLS files are compared with what is in use (and at once on SIGHUP). */
+const TLS_FILES_CHECK_MS = 10000;
+/** How long a replaced client is kept for the requests still under way on it. */
+const RETIRED_CLIENT_MS = 30000;
+
 export interface EtcdOptions {
   readonly endpoints: readonly string[];
   readonly prefix: string;
+  readonly tls: TlsFileSettings | null;
+  readonly auth: { readonly username: string; readonly password: string } | null;
 }
 
 export class EtcdBackend implements Backend {
   readonly kind = 'etcd';
-  private readonly client: Etcd3;
+  /** The client new requests go to: replaced, with new TLS files, when they change. */
+  private current: Etcd3;
+  private readonly sessions = new Set<EtcdSession>();
+  private readonly tlsWatch: ReturnType<typeof watchTlsFiles> | null = null;
+  /**
+   * Until a session has opened, what only the operator can fix (credentials refused, no
+   * permission on the prefix, a certificate refused either way) ends leaderd with exit 2; after,
+   * it may be a rotation half done, and the node retries, stepping down meanwhile.
+   */
+  private everOpened = false;
+  private requestTimeoutMs = 2000;
+  /** The TLS files in use. */
+  private material: TlsMaterial = {};
+  /**
+   * Whether the current client logs in (with --etcd-username). etcd with authentication off
+   * refuses every login, and the client library then fails every request: until etcd says
+   * authentication is on, requests go without one (as etcd's Go client does), so that
+   * credentials can be rolled out before `etcdctl auth enable`.
+   */
+  private loggingIn: boolean;
+  private tokenForgottenAt = -Infinity;
 
-  constructor(private readonly options: EtcdOptions) {
-    this.client = new Etcd3({
-      hosts: [...options.endpoints],
+  constructor(
+    private readonly options: EtcdOptions,
+    private readonly log: Logger,
+  ) {
+    this.loggingIn = options.auth !== null;
+    if (options.tls) {
+      this.tlsWatch = watchTlsFiles(
+        options.tls,
+        TLS_FILES_CHECK_MS,
+        (material) => this.replaceClient(material, 'TLS files changed: new connections to etcd use them'),
+        (error) => log.warn({ err: error.message }, 'the changed TLS files cannot be used yet; keeping the ones in use'),
+      );
+      this.material = this.tlsWatch.material;
+    }
+    this.current = this.newClient();
+  }
+
+  get client(): Etcd3 {
+    return this.current;
+  }
+
+  private newClient(): Etcd3 {
+    const { endpoints } = this.options;
+    const tls = this.material;
+    const auth = this.loggingIn ? this.options.auth : null;
+    return new Etcd3({
+      hosts: [...endpoints],
+      ...(tls.ca || tls.cert ? { credentials: credentialsFrom(tls) } : {}),
+      // The token exchange gets a deadline like every other request: a hung one would hold up
+      // every request behind it.
+      ...(auth ? { auth: { ...auth, callOptions: () => ({ deadline: new Date(Date.now() + this.requestTimeoutMs) }) } } : {}),
       dialTimeout: 2000,
       // A connection that goes silent without a reset (its server host vanished, a lost
       // conntrack entry) would otherwise carry every request into its own deadline until the
@@ -99,14 +166,120 @@ export class EtcdBackend implements Backend {
     });
   }
 
-  open(context: SessionContext): Promise<Session> {
+  async open(context: SessionContext): Promise<Session> {
     const { prefix } = this.options;
-    return started(new EtcdSession(this.client, `${prefix}/${context.election}/`, `${prefix}/.cluster/${context.election}/`, context));
+    this.requestTimeoutMs = context.requestTimeoutMs;
+    const session = new EtcdSession(this, `${prefix}/${context.election}/`, `${prefix}/.cluster/${context.election}/`, context);
+    // Known before it starts: a client replaced while it starts moves its first watch too.
+    this.sessions.add(session);
+    session.onClose(() => this.sessions.delete(session));
+    try {
+      await started(session);
+    } catch (error) {
+      this.adaptToAuthentication(error);
+      const explained = this.explain(error);
+      if (explained && !this.everOpened) throw new BackendConfigError(explained);
+      throw explained ? new Error(explained, { cause: error }) : error;
+    }
+    this.everOpened = true;
+    return session;
+  }
+
+  /**
+   * Follows etcd's authentication being turned off or on (see `loggingIn`): called with every
+   * failure a session reports; the request is retried on the session's own schedule.
+   */
+  adaptToAuthentication(error: unknown): void {
+    if (!this.options.auth) return;
+    const message = errorMessage(error);
+    if (this.loggingIn && /authentication is not enabled/.test(message)) {
+      this.loggingIn = false;
+      this.replaceClient(this.material, 'etcd has authentication off: requests go without logging in until it is on');
+    } else if (!this.loggingIn && /user name is empty|user name not found|invalid auth token|permission denied/.test(message)) {
+      this.loggingIn = true;
+      this.replaceClient(this.material, 'etcd has authentication on: logging in');
+    }
+  }
+
+  /** Reads the TLS files again now, if they changed (SIGHUP). */
+  reload(): void {
+    this.tlsWatch?.check();
   }
 
   async shutdown(): Promise<void> {
-    this.client.close();
+    this.tlsWatch?.stop();
+    this.current.close();
   }
+
+  /**
+   * New requests go to a client with the new files; each session's watch moves to it. The old
+   * client is closed once what is under way on it has had its deadline.
+   */
+  private replaceClient(material: TlsMaterial, why: string): void {
+    const retired = this.current;
+    this.material = material;
+    this.current = this.newClient();
+    this.log.info(why);
+    for (const session of this.sessions) session.rewatch();
+    setTimeout(() => retired.close(), RETIRED_CLIENT_MS).unref();
+  }
+
+  /**
+   * A failure only the operator can fix, as one line naming the setting; null for the others.
+   * gRPC reports a refused handshake as "unavailable" with OpenSSL's words in the message.
+   */
+  explain(error: unknown): string | null {
+    const { auth, prefix } = this.options;
+    const message = errorMessage(error);
+    if (error instanceof EtcdAuthenticationFailedError || error instanceof EtcdUserNotFoundError) {
+      return `etcd-username: etcd refused ${auth ? `user ${auth.username} and its password (etcd-password-file)` : 'the credentials'}: ${message}`;
+    }
+    if (/user name is empty/.test(message)) {
+      return 'etcd-username: etcd has authentication on and leaderd gave no credentials: set etcd-username and etcd-password-file, or a client certificate (etcd-cert-file) whose common name is a user';
+    }
+    if (error instanceof EtcdPermissionDeniedError) {
+      return `etcd-username: ${auth ? `user ${auth.username}` : 'this client'} may not read and write ${prefix}/ on etcd (permission denied); grant its role readwrite on the prefix ${prefix}/`;
+    }
+    if (/Hostname\/IP does not match|ERR_TLS_CERT_ALTNAME/i.test(message)) {
+      return `etcd-endpoints: etcd's certificate does not name the host it was reached at: ${tlsCause(message)}`;
+    }
+    if (/unable to verify|self[- ]signed certificate|certificate has expired|unable to get (local )?issuer/i.test(message)) {
+      return `etcd-ca-file: etcd's certificate is not trusted: ${tlsCause(message)}`;
+    }
+    if (/alert (bad|unknown|unsupported|expired|revoked) certificate|alert unknown ca|alert certificate required|alert handshake failure/i.test(message)) {
+      return `etcd-cert-file: etcd refused the client certificate${this.options.tls?.cert ? '' : ' (none was given; set etcd-cert-file and etcd-key-file)'}: ${tlsCause(message)}`;
+    }
+    if (/wrong version number|packet length too long|http\/1\.x server/i.test(message)) {
+      return `etcd-endpoints: the scheme does not match the server (https:// to a plain server, or http:// to a TLS one): ${tlsCause(message)}`;
+    }
+    return null;
+  }
+
+  /**
+   * Drops the cached authentication token, so that the next request logs in again (see
+   * EtcdSession.watch); at most once per renew interval, as a login costs etcd a bcrypt check and
+   * a Raft proposal, and an unreachable etcd fails every watch twice a second.
+   */
+  forgetToken(): void {
+    if (!this.loggingIn) return;
+    const now = performance.now();
+    if (now - this.tokenForgottenAt < this.requestTimeoutMs) return;
+    this.tokenForgottenAt = now;
+    (this.current as unknown as { pool: { authenticator: { invalidateMetadata(): void } } }).pool.authenticator.invalidateMetadata();
+  }
+}
+
+function credentialsFrom(tls: TlsMaterial): NonNullable<IOptions['credentials']> {
+  // gRPC verifies with the system's CAs when given none.
+  return { rootCertificate: tls.ca ?? (null as unknown as Buffer), ...(tls.cert ? { certChain: tls.cert, privateKey: tls.key } : {}) };
+}
+
+/** OpenSSL's reason, without the file and line of its source or gRPC's wrapping. */
+function tlsCause(message: string): string {
+  const ssl = /SSL routines:[^:]*:([^:\n]+)/.exec(message);
+  if (ssl) return ssl[1]!.trim();
+  const last = /Last error: (?:Error: )?([^.\n]+)/.exec(message);
+  return (last?.[1] ?? message).trim();
 }
 
 class EtcdSession implements Session {
@@ -133,13 +306,31 @@ class EtcdSession implements Session {
   private syncing: Promise<void> | null = null;
   private syncAgain = false;
 
+  private closeListener: (() => void) | null = null;
+
   constructor(
-    private readonly client: Etcd3,
+    private readonly backend: EtcdBackend,
     private readonly directory: string,
     /** Where the member records and the leader position are, outside the election's prefix. */
     private readonly records: string,
     private readonly context: SessionContext,
   ) {}
+
+  /** The backend's current client: a TLS rotation moves every new request to a new one. */
+  private get client(): Etcd3 {
+    return this.backend.client;
+  }
+
+  onClose(listener: () => void): void {
+    this.closeListener = listener;
+  }
+
+  /** Watches again, on the backend's current client, and reads (its client was replaced). */
+  rewatch(): void {
+    if (this.closed) return;
+    this.unwatch();
+    this.sync();
+  }
 
   private get ownKey(): string {
     return `${this.directory}${BigInt(this.leaseId).toString(16)}`;
@@ -155,6 +346,7 @@ class EtcdSession implements Session {
 
   async start(): Promise<void> {
     const { ttlSeconds } = this.context;
+    await this.probePermissions();
     const grant = await this.client.leaseClient.leaseGrant({ TTL: ttlSeconds }, this.deadline());
     this.leaseId = grant.ID;
     this.ownKeyBytes = Buffer.from(this.ownKey).toString('latin1');
@@ -167,7 +359,40 @@ class EtcdSession implements Session {
     this.sync();
   }
 
+  /**
+   * Asks for read and write permission on both our key ranges, writing nothing: etcd checks a
+   * transaction's every branch and comparison before it runs any, and this one's comparison never
+   * holds. A role without them fails here, at start, rather than at the first campaign.
+   */
+  private async probePermissions(): Promise<void> {
+    await this.client
+      .if(this.directory, 'Create', '<', 0)
+      .then(this.client.put(`${this.directory}.permission-probe`).value(''), this.client.put(`${this.records}.permission-probe`).value(''))
+      .else(this.client.getAll().prefix(this.directory).limit(1), this.client.getAll().prefix(this.records).limit(1))
+      .options(this.deadline())
+      .commit();
+  }
+
   async renew(): Promise<void> {
+    try {
+      await this.keepAlive();
+    } catch (error) {
+      throw this.explained(error);
+    }
+  }
+
+  /**
+   * An error that only the operator can fix names its setting in the message (it is logged).
+   * Every failure is also a chance that etcd forgot our token or turned authentication on or off.
+   */
+  private explained(error: unknown): unknown {
+    this.backend.adaptToAuthentication(error);
+    this.backend.forgetToken();
+    const explanation = this.backend.explain(error);
+    return explanation && !(error instanceof SessionLostError) ? new Error(explanation, { cause: error }) : error;
+  }
+
+  private async keepAlive(): Promise<void> {
     const stream = await this.client.leaseClient.leaseKeepAlive(this.deadline());
     try {
       const answer = await new Promise<{ TTL: string }>((resolve, reject) => {
@@ -188,7 +413,10 @@ class EtcdSession implements Session {
       .if(this.ownKey, 'Create', '==', 0)
       .then(this.client.put(this.ownKey).value(value).lease(this.leaseId))
       .options(this.deadline())
-      .commit();
+      .commit()
+      .catch((error: unknown) => {
+        throw this.explained(error);
+      });
     this.candidacySince = BigInt(answer.header.revision);
     await this.syncNow();
   }
@@ -201,6 +429,7 @@ class EtcdSession implements Session {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.closeListener?.();
     this.candidacySince = null;
     this.unwatch();
     await this.revoke();
@@ -304,7 +533,8 @@ class EtcdSession implements Session {
         this.apply(early);
         return;
       } catch (error) {
-        log.warn({ err: errorMessage(error) }, 'cannot read the election; retrying');
+        this.backend.adaptToAuthentication(error);
+        log.warn({ err: this.backend.explain(error) ?? errorMessage(error) }, 'cannot read the election; retrying');
         await sleep(Math.min(this.context.requestTimeoutMs, 500));
       }
     }
@@ -421,6 +651,10 @@ class EtcdSession implements Session {
     } catch (error) {
       // It may still be created later, at whatever revision is current then: cancel it.
       if (this.watcher === watcher) this.unwatch();
+      // etcd forgets the tokens it issued when it restarts, and a watch stream refused for that
+      // ends without saying why; the client library logs in again only for unary requests, so
+      // the watch would be refused forever. A failed watch logs in again (one request).
+      this.backend.forgetToken();
       throw error;
     }
   }

@@ -6,15 +6,16 @@
  */
 import type { Backend } from '../src/backend.js';
 import type { BackendRequirements, Config } from '../src/config.js';
+import type { Logger } from '../src/log.js';
 
 interface BackendEntry extends BackendRequirements {
-  create(config: Config): Promise<Backend>;
+  create(config: Config, log: Logger): Promise<Backend>;
 }
 
 export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   local: { minimumTtlSeconds: 1, create: async (config) => new (await import('./local.js')).LocalBackend(config.local) },
   // etcd raises shorter lease TTLs to about 1.5 × its election timeout (2 s with defaults).
-  etcd: { minimumTtlSeconds: 2, wholeSecondTtl: true, create: async (config) => new (await import('./etcd.js')).EtcdBackend(config.etcd) },
+  etcd: { minimumTtlSeconds: 2, wholeSecondTtl: true, create: async (config, log) => new (await import('./etcd.js')).EtcdBackend(config.etcd, log) },
   zookeeper: {
     // The server's real bounds (2 to 20 tickTimes) are checked when the session opens. Below
     // 1.5 s the margin argued next would be under DEADLINE_MARGIN_SECONDS.
@@ -29,12 +30,12 @@ export const BACKENDS: Readonly<Record<string, BackendEntry>> = {
   consul: {
     // Consul refuses session TTLs below 10 s.
     minimumTtlSeconds: 10,
-    create: async (config) => new (await import('./consul.js')).ConsulBackend({ ...config.consul, sessionTtlSeconds: config.ttlSeconds }),
+    create: async (config, log) => new (await import('./consul.js')).ConsulBackend({ ...config.consul, sessionTtlSeconds: config.ttlSeconds }, log),
   },
 };
 
-export function createBackend(config: Config): Promise<Backend> {
+export function createBackend(config: Config, log: Logger): Promise<Backend> {
   const entry = BACKENDS[config.backend];
   if (!entry) throw new Error(`unknown backend ${config.backend}`);
-  return entry.create(config);
+  return entry.create(config, log);
 }

@@ -76,8 +76,12 @@ const NOTED_MAX = 100;
 
 export class ZookeeperBackend implements Backend {
   readonly kind = 'zookeeper';
-  /** Whether a session was ever granted the ttl: from then on a server that bounds it lower is not a configuration error. */
-  private readonly granted = { once: false };
+  /**
+   * Whether a session was ever granted the ttl: from then on a server that bounds it lower is not
+   * a configuration error. `opened`: whether one ever opened; until then, no permission on the
+   * prefix is one (see ZookeeperSession.start).
+   */
+  private readonly granted = { once: false, opened: false };
 
   constructor(private readonly options: ZookeeperOptions) {}
 
@@ -118,7 +122,7 @@ class ZookeeperSession implements Session {
     /** PREFIX/.cluster/ELECTION: the records, outside what the election counts. */
     private readonly records: string,
     private readonly context: SessionContext,
-    private readonly granted: { once: boolean },
+    private readonly granted: { once: boolean; opened: boolean },
   ) {
     this.members = `${records}/members`;
     this.position = `${records}/leader-position`;
@@ -186,8 +190,20 @@ class ZookeeperSession implements Session {
     this.granted.once = true;
     this.context.log.info({ sessionTimeoutMs: negotiated, sessionId: zk.client_id }, 'ZooKeeper session established');
     if (this.options.auth) await this.call('auth', () => this.addAuth(this.options.auth!));
-    await this.mkdirp(this.path);
-    if (this.options.auth) await this.restrict(this.path);
+    try {
+      await this.mkdirp(this.path);
+      if (this.options.auth) await this.restrict(this.path);
+    } catch (error) {
+      if (errorCode(error) !== this.constants.ZNOAUTH) throw error;
+      // Digest authentication never fails by itself: wrong credentials are only an identity the
+      // prefix's ACL does not name, and show here.
+      const who = this.options.auth ? 'the digest identity of zk-auth(-file)' : 'an unauthenticated client (no zk-auth-file)';
+      const message =
+        `zk-prefix: ZooKeeper refused ${who} the permission to create and change ${this.path} (NoAuth); ` +
+        `the ACL of ${this.options.prefix} must grant it all permissions`;
+      throw this.granted.opened ? new Error(message, { cause: error }) : new BackendConfigError(message);
+    }
+    this.granted.opened = true;
     this.sync('list');
   }
 
@@ -542,10 +558,11 @@ function sequenceOf(name: string): number {
 
 /**
  * The return code of a failed call: the client rejects with "<rc> <text>", or, when the call
- * could not even be queued, with "... result: \"<NAME> <rc>\"".
+ * could not even be queued, with "... result: \"<NAME> <rc>\""; its mkdirp with
+ * "Zookeeper Error: code=<rc> <text>".
  */
 function errorCode(error: unknown): number | undefined {
   const message = String((error as Error | null)?.message ?? '');
-  const match = /^(-?\d+) /.exec(message) ?? /result: "\w+ (-?\d+)"/.exec(message);
+  const match = /^(-?\d+) /.exec(message) ?? /result: "\w+ (-?\d+)"/.exec(message) ?? /^Zookeeper Error: code=(-?\d+)/.exec(message);
   return match ? Number(match[1]) : undefined;
 }

@@ -106,6 +106,8 @@ export const MAX_RECORD_BYTES = 16 * 1024;
 export interface Backend {
   readonly kind: string;
   open(context: SessionContext): Promise<Session>;
+  /** Reads its TLS files again now, if they changed (on SIGHUP); they are also checked every few seconds. */
+  reload?(): void;
   /** Releases connections to the service. */
   shutdown(): Promise<void>;
 }

@@ -52,7 +52,7 @@ async function run(config: Config): Promise<void> {
     renewIntervalMs: (config.leaseSeconds * 1000) / 3,
     renewDeadlineMs: config.renewDeadlineSeconds * 1000,
   };
-  const backend = await createBackend(config);
+  const backend = await createBackend(config, log.child({ backend: config.backend }));
   let exiting = false;
   const shutdown = async (code: number, reason: string) => {
     if (exiting) return;
@@ -185,6 +185,12 @@ async function run(config: Config): Promise<void> {
   );
   for (const warning of config.warnings) log.warn(warning);
 
+  // Not the default (exit without a demote): a hangup of the terminal leaderd was started from
+  // must not end a primary's term uncleanly, and SIGHUP is how daemons are told to reload.
+  process.on('SIGHUP', () => {
+    log.info('SIGHUP: reading the TLS files again, if there are any');
+    backend.reload?.();
+  });
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.on(signal, () => {
       if (exiting) {

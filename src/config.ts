@@ -15,6 +15,7 @@ import { z } from 'zod';
 import type { TransitionEvent } from './elector.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 import { PRIORITY_LIMIT } from './cluster.js';
+import { hasTlsFiles, readTlsFiles, TlsFileError, type TlsFileSettings } from './tls-files.js';
 
 interface OptionSpec {
   readonly value: string;
@@ -33,6 +34,12 @@ export const OPTIONS = {
   http: { value: 'HOST:PORT', help: 'where the HTTP API listens (port 0: any free port)', default: '127.0.0.1:7070' },
   'etcd-endpoints': { value: 'URLS', help: 'comma-separated etcd client URLs', default: 'http://127.0.0.1:2379' },
   'etcd-prefix': { value: 'PREFIX', help: 'key prefix; keys live under PREFIX/ELECTION/', default: '/leaderd' },
+  'etcd-ca-file': { value: 'FILE', help: "CA certificates that verify etcd's (https:// endpoints)", default: "the system's" },
+  'etcd-cert-file': { value: 'FILE', help: 'client certificate for mutual TLS (with etcd-key-file)' },
+  'etcd-key-file': { value: 'FILE', help: 'private key of etcd-cert-file' },
+  'etcd-username': { value: 'USER', help: 'etcd user (with etcd-password-file)' },
+  'etcd-password': { value: 'PASSWORD', help: 'password of etcd-username (prefer --etcd-password-file)' },
+  'etcd-password-file': { value: 'FILE', help: 'file holding the password of etcd-username' },
   'zk-connect': { value: 'HOSTS', help: 'ZooKeeper host:port[,host:port...][/chroot]', default: '127.0.0.1:2181' },
   'zk-prefix': { value: 'PATH', help: 'znode path; candidates live under PATH/ELECTION/', default: '/leaderd' },
   'zk-auth': { value: 'USER:PASSWORD', help: 'ZooKeeper digest credentials (prefer --zk-auth-file)' },
@@ -40,6 +47,9 @@ export const OPTIONS = {
   'consul-addr': { value: 'URL', help: "the Consul agent's HTTP API", default: 'http://127.0.0.1:8500' },
   'consul-token': { value: 'TOKEN', help: 'Consul ACL token (prefer --consul-token-file)' },
   'consul-token-file': { value: 'FILE', help: 'file holding the Consul ACL token' },
+  'consul-ca-file': { value: 'FILE', help: "CA certificates that verify the agent's (https:// consul-addr)", default: "the system's" },
+  'consul-cert-file': { value: 'FILE', help: 'client certificate for the agent (with consul-key-file)' },
+  'consul-key-file': { value: 'FILE', help: 'private key of consul-cert-file' },
   'consul-key-prefix': { value: 'PREFIX', help: 'KV prefix; the lock is PREFIX/ELECTION/leader', default: 'leaderd' },
   'consul-check-ttl': { value: 'SECONDS', help: "TTL of the candidate's health check: the lease on Consul (< ttl)", default: '3' },
   'consul-lock-delay': { value: 'SECONDS', help: 'Consul lock-delay after a session is invalidated (0-60)', default: 'the renew deadline + 0.25' },
@@ -104,11 +114,18 @@ export interface Config {
   readonly leaseSeconds: number;
   readonly renewDeadlineSeconds: number;
   readonly http: { readonly host: string; readonly port: number };
-  readonly etcd: { readonly endpoints: readonly string[]; readonly prefix: string };
+  readonly etcd: {
+    readonly endpoints: readonly string[];
+    readonly prefix: string;
+    /** CA, client certificate and key files; null: plain http://, or https:// with the system's CAs only. */
+    readonly tls: TlsFileSettings | null;
+    readonly auth: { readonly username: string; readonly password: string } | null;
+  };
   readonly zookeeper: { readonly connect: string; readonly prefix: string; readonly auth: string | null };
   readonly consul: {
     readonly address: string;
     readonly token: string | null;
+    readonly tls: TlsFileSettings | null;
     readonly keyPrefix: string;
     readonly checkTtlSeconds: number;
     readonly lockDelaySeconds: number;
@@ -398,6 +415,7 @@ const SECRETS = {
   'admin-token': { shape: /^\S{8,}$/, expected: 'at least 8 characters without spaces' },
   'zk-auth': { shape: /^[^:\s]+:.+$/, expected: 'USER:PASSWORD' },
   'consul-token': { shape: /^\S+$/, expected: 'a token without spaces' },
+  'etcd-password': { shape: /^[^\r\n]+$/, expected: 'one line' },
 } as const;
 const secret = (name: keyof typeof SECRETS) => text.pipe(z.string().regex(SECRETS[name].shape, `must be ${SECRETS[name].expected}`));
 
@@ -435,6 +453,12 @@ const schema = z.object({
     .default(['http://127.0.0.1:2379'])
     .pipe(z.array(url(['http:', 'https:'])).min(1, 'must name at least one endpoint')),
   'etcd-prefix': text.default('/leaderd').pipe(z.string().regex(/^\/[^\x00-\x1f]*[^/]$/, 'must start with "/" and not end with "/"')),
+  'etcd-ca-file': text.optional(),
+  'etcd-cert-file': text.optional(),
+  'etcd-key-file': text.optional(),
+  'etcd-username': text.pipe(z.string().regex(/^[^\s:]+$/, 'must be a user name without spaces or ":"')).optional(),
+  'etcd-password': secret('etcd-password').optional(),
+  'etcd-password-file': text.optional(),
   'zk-connect': text
     .default('127.0.0.1:2181')
     .pipe(z.string().regex(/^[^\s,/]+:\d+(,[^\s,/]+:\d+)*(\/[^\s]*)?$/, 'must be host:port[,host:port...][/chroot]')),
@@ -444,6 +468,9 @@ const schema = z.object({
   'consul-addr': text.default('http://127.0.0.1:8500').pipe(url(['http:', 'https:'])),
   'consul-token': secret('consul-token').optional(),
   'consul-token-file': text.optional(),
+  'consul-ca-file': text.optional(),
+  'consul-cert-file': text.optional(),
+  'consul-key-file': text.optional(),
   'consul-key-prefix': text.default('leaderd').pipe(z.string().regex(/^[^\x00-\x1f]*[^/]$/, 'must not end with "/"')),
   'consul-check-ttl': seconds(1).default(3),
   'consul-lock-delay': seconds(0).refine((n) => n <= CONSUL_MAXIMUM_LOCK_DELAY_SECONDS, `must be at most ${CONSUL_MAXIMUM_LOCK_DELAY_SECONDS}`).optional(),
@@ -519,7 +546,7 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
   if (renewDeadline <= lease / 3) {
     throw new ConfigError(`renew-deadline: must be above the renew interval ${leaseName}/3 (${renewDeadline} s <= ${round(lease / 3)} s)`);
   }
-  for (const secret of ['admin-token', 'zk-auth', 'consul-token'] as const) {
+  for (const secret of ['admin-token', 'zk-auth', 'consul-token', 'etcd-password'] as const) {
     if (c[secret] !== undefined && c[`${secret}-file`] !== undefined) {
       throw new ConfigError(`${secret}: give either ${secret} or ${secret}-file, not both`);
     }
@@ -530,6 +557,15 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
     if (warning) warnings.push(warning);
     return secret;
   };
+
+  const etcdPassword = c['etcd-password-file'] !== undefined ? secretFile('etcd-password-file', c['etcd-password-file']) : (c['etcd-password'] ?? null);
+  if (c['etcd-username'] !== undefined && etcdPassword === null) throw new ConfigError('etcd-username: needs etcd-password-file (or etcd-password)');
+  if (c['etcd-username'] === undefined && etcdPassword !== null) throw new ConfigError(`etcd-password${c['etcd-password-file'] !== undefined ? '-file' : ''}: needs etcd-username`);
+  const etcdTls = tlsSettings('etcd', c, 'etcd-endpoints', c['etcd-endpoints'], c.backend === 'etcd');
+  if (c.backend === 'etcd' && etcdPassword !== null && new URL(c['etcd-endpoints'][0]!).protocol === 'http:') {
+    warnings.push('etcd-username: the password goes to etcd in clear text over http:// endpoints; use https://');
+  }
+  const consulTls = tlsSettings('consul', c, 'consul-addr', [c['consul-addr']], onConsul);
 
   const lockDelay = c['consul-lock-delay'] ?? renewDeadline + DEADLINE_MARGIN_SECONDS;
   if (onConsul && lockDelay > CONSUL_MAXIMUM_LOCK_DELAY_SECONDS) {
@@ -571,7 +607,12 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
     leaseSeconds: lease,
     renewDeadlineSeconds: renewDeadline,
     http: c.http,
-    etcd: { endpoints: c['etcd-endpoints'], prefix: c['etcd-prefix'] },
+    etcd: {
+      endpoints: c['etcd-endpoints'],
+      prefix: c['etcd-prefix'],
+      tls: etcdTls,
+      auth: etcdPassword === null ? null : { username: c['etcd-username']!, password: etcdPassword },
+    },
     zookeeper: {
       connect: c['zk-connect'],
       prefix: c['zk-prefix'],
@@ -580,6 +621,7 @@ function validate(raw: Record<string, unknown>, backends: Readonly<Record<string
     consul: {
       address: c['consul-addr'],
       token: c['consul-token-file'] !== undefined ? secretFile('consul-token-file', c['consul-token-file']) : (c['consul-token'] ?? null),
+      tls: consulTls,
       keyPrefix: c['consul-key-prefix'],
       checkTtlSeconds: c['consul-check-ttl'],
       // Past the deadline by the margin: a session Consul ends on its own right after a renewal
@@ -633,6 +675,43 @@ function readSecret(setting: SecretFileSetting, path: string): { secret: string;
         'chmod 600 it (on a Kubernetes secret volume: defaultMode 0400)'
       : null,
   };
+}
+
+/**
+ * A backend's TLS files as settings, checked (read, parsed, key matching certificate, in date)
+ * when that backend is the one in use. They need https:// addresses: given with http:// they
+ * would silently not be used.
+ */
+function tlsSettings(
+  backend: 'etcd' | 'consul',
+  c: Partial<Record<`${'etcd' | 'consul'}-${'ca' | 'cert' | 'key'}-file`, string>>,
+  addressSetting: string,
+  addresses: readonly string[],
+  inUse: boolean,
+): TlsFileSettings | null {
+  const file = (role: 'ca' | 'cert' | 'key') => {
+    const setting = `${backend}-${role}-file` as const;
+    const path = c[setting];
+    return path === undefined ? undefined : { setting, path };
+  };
+  const settings: TlsFileSettings = { ca: file('ca'), cert: file('cert'), key: file('key') };
+  const secure = addresses.map((a) => new URL(a).protocol === 'https:');
+  if (inUse && secure.includes(true) && secure.includes(false)) {
+    throw new ConfigError(`${addressSetting}: mixes http:// and https:// addresses; use one scheme`);
+  }
+  if (!hasTlsFiles(settings)) return null;
+  if (!inUse) return settings;
+  if (!secure[0]) {
+    const given = settings.ca ?? settings.cert ?? settings.key!;
+    throw new ConfigError(`${given.setting}: needs an https:// ${addressSetting} (${addresses[0]} is plain http, so the file would not be used)`);
+  }
+  try {
+    readTlsFiles(settings);
+  } catch (error) {
+    if (error instanceof TlsFileError) throw new ConfigError(error.message);
+    throw error;
+  }
+  return settings;
 }
 
 function ms(seconds: number): number {

@@ -10,6 +10,7 @@ import { hookEnvironment } from '../src/hooks.js';
 import { checkCommands } from '../src/preflight.js';
 import { scratchFile } from './conformance.js';
 import { BIN, runLeaderd } from './harness/sidecar.js';
+import { makePki } from './harness/tls.js';
 
 function config(argv: string[], env: NodeJS.ProcessEnv = {}): Config {
   const command = parseCommand(argv, env, BACKENDS);
@@ -123,8 +124,62 @@ describe('configuration', () => {
   });
 
   it('accepts a comma-separated list of etcd endpoints', () => {
-    const c = config(['--backend', 'etcd', '--etcd-endpoints', 'http://10.0.0.1:2379, https://10.0.0.2:2379']);
-    expect(c.etcd.endpoints).toEqual(['http://10.0.0.1:2379', 'https://10.0.0.2:2379']);
+    const c = config(['--backend', 'etcd', '--etcd-endpoints', 'https://10.0.0.1:2379, https://10.0.0.2:2379']);
+    expect(c.etcd.endpoints).toEqual(['https://10.0.0.1:2379', 'https://10.0.0.2:2379']);
+    expect(c.etcd.tls).toBeNull();
+    expect(c.etcd.auth).toBeNull();
+  });
+
+  describe('TLS files and etcd credentials', () => {
+    const pki = makePki();
+    const client = pki.client('leaderd');
+    const etcd = ['--backend', 'etcd', '--etcd-endpoints', 'https://127.0.0.1:2379'];
+
+    it('takes CA, certificate, key and a password file, and keeps the paths, not the contents', () => {
+      const password = scratchFile('etcd-password');
+      writeFileSync(password, 'pass word\n', { mode: 0o600 });
+      const c = config([...etcd, '--etcd-ca-file', pki.ca, '--etcd-cert-file', client.cert, '--etcd-key-file', client.key, '--etcd-username', 'leaderd', '--etcd-password-file', password]);
+      expect(c.etcd.tls).toEqual({
+        ca: { setting: 'etcd-ca-file', path: pki.ca },
+        cert: { setting: 'etcd-cert-file', path: client.cert },
+        key: { setting: 'etcd-key-file', path: client.key },
+      });
+      expect(c.etcd.auth).toEqual({ username: 'leaderd', password: 'pass word' });
+    });
+
+    it('checks the files of the backend in use only', () => {
+      expect(config(['--consul-ca-file', '/nonexistent/ca.crt']).consul.tls).toEqual({ ca: { setting: 'consul-ca-file', path: '/nonexistent/ca.crt' } });
+    });
+
+    const junk = scratchFile('junk.pem');
+    writeFileSync(junk, 'not a certificate: s3cret-content\n');
+    const refusals: Array<[string, string[], RegExp]> = [
+      ['TLS files with an http:// endpoint', ['--backend', 'etcd', '--etcd-ca-file', pki.ca], /^etcd-ca-file: needs an https:\/\/ etcd-endpoints \(http:\/\/127\.0\.0\.1:2379 is plain http, so the file would not be used\)/],
+      ['http:// and https:// endpoints mixed', ['--backend', 'etcd', '--etcd-endpoints', 'http://a:2379,https://b:2379'], /^etcd-endpoints: mixes http:\/\/ and https:\/\/ addresses; use one scheme/],
+      ['a CA file that cannot be read', [...etcd, '--etcd-ca-file', '/nonexistent/ca.crt'], /^etcd-ca-file: cannot read \/nonexistent\/ca\.crt: ENOENT \(set by --etcd-ca-file\)$/],
+      ['a CA file without a certificate', [...etcd, '--etcd-ca-file', junk], /^etcd-ca-file: \S+junk\.pem holds no PEM certificate/],
+      ['a certificate without its key', [...etcd, '--etcd-cert-file', client.cert], /^etcd-cert-file: needs etcd-key-file too/],
+      ['a key without its certificate', [...etcd, '--etcd-key-file', client.key], /^etcd-key-file: needs etcd-cert-file too/],
+      ['a key that is not a key', [...etcd, '--etcd-cert-file', client.cert, '--etcd-key-file', junk], /^etcd-key-file: \S+junk\.pem holds no usable private key/],
+      ['a key of another certificate', [...etcd, '--etcd-cert-file', client.cert, '--etcd-key-file', pki.otherClient.key], /^etcd-key-file: \S+ is not the key of the certificate in /],
+      ['an expired client certificate', [...etcd, '--etcd-cert-file', pki.expiredClient.cert, '--etcd-key-file', pki.expiredClient.key], /^etcd-cert-file: the certificate in \S+ expired on \d{4}-/],
+      ['a user without a password', [...etcd, '--etcd-username', 'leaderd'], /^etcd-username: needs etcd-password-file \(or etcd-password\)/],
+      ['a password without a user', [...etcd, '--etcd-password', 's3cret-content'], /^etcd-password: needs etcd-username/],
+      ['a password and a password file', [...etcd, '--etcd-username', 'u', '--etcd-password', 's3cret-content', '--etcd-password-file', junk], /^etcd-password: give either etcd-password or etcd-password-file, not both/],
+      ['Consul TLS files with an http:// address', ['--backend', 'consul', '--ttl', '15', '--consul-cert-file', client.cert, '--consul-key-file', client.key], /^consul-cert-file: needs an https:\/\/ consul-addr/],
+    ];
+    for (const [what, argv, message] of refusals) {
+      it(`refuses ${what}, never showing a file's content or a password`, () => {
+        let error: unknown;
+        try {
+          config(argv);
+        } catch (caught) {
+          error = caught;
+        }
+        expect(String((error as Error | undefined)?.message)).toMatch(message);
+        expect(String((error as Error).message)).not.toContain('s3cret-content');
+      });
+    }
   });
 
   const refused: Array<[string, string[], NodeJS.ProcessEnv, RegExp]> = [

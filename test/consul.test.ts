@@ -1,18 +1,27 @@
-import { writeFileSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import { pino } from 'pino';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ConsulBackend } from '../adapters/consul.js';
 import { MAX_RECORD_BYTES, type Session, type View } from '../src/backend.js';
 import { until } from './chaos/world.js';
 import { conformance, hookArgs, newElection, readHookRecords, scratchFile, settled } from './conformance.js';
-import { ConsulAgent, ConsulCluster } from './harness/consul.js';
+import { ConsulAgent, ConsulCluster, newSecurity } from './harness/consul.js';
 import { violations, type HookRecord } from './overlap.js';
-import { Sidecar } from './harness/sidecar.js';
+import { runLeaderd, Sidecar } from './harness/sidecar.js';
+import { makePki, type CertificateFiles, type Pki } from './harness/tls.js';
 
 // A session TTL of 10 s (Consul's minimum) and a 2 s health check: the check is the lease.
 const ttlSeconds = 10;
 const checkTtlSeconds = 2;
+/** A plain agent (HTTP, no ACLs), for the backend specifics: they call its API directly. */
 let agent: ConsulAgent;
+/**
+ * An agent as production runs it, for the conformance suite: HTTPS only, client certificates
+ * required, ACLs in default-deny mode, and leaderd holding a token with the minimum policy.
+ */
+let secured: ConsulAgent;
+let securedToken: string;
+let pki: Pki;
 const argsFor = (httpAddr: () => string) => (election: string) => [
   '--backend', 'consul',
   '--consul-addr', httpAddr(),
@@ -22,12 +31,32 @@ const argsFor = (httpAddr: () => string) => (election: string) => [
 ];
 const args = argsFor(() => agent.httpAddr);
 
-/** A call to the agent's HTTP API, as an operator or another program would make it. */
-async function consulApi<T = unknown>(method: 'GET' | 'PUT' | 'DELETE', path: string, body?: string): Promise<T> {
-  const response = await fetch(`${agent.httpAddr}${path}`, { method, ...(body === undefined ? {} : { body }) });
-  if (!response.ok) throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`);
-  return (await response.json()) as T;
+/** The least leaderd needs, as docs/backends.md documents it: NODE is the agent's node name. */
+const minimumPolicy = (node: string, prefix = 'leaderd') => `
+key_prefix "${prefix}/" { policy = "write" }
+session "${node}" { policy = "write" }
+service "leaderd" { policy = "write" }
+`;
+
+/** A token in a file only its owner may read, as leaderd wants it. */
+function tokenFile(token: string): string {
+  const file = scratchFile('consul-token');
+  writeFileSync(file, `${token}\n`, { mode: 0o600 });
+  return file;
 }
+
+/** Flags for a secured agent: the token's file, the CA, and a client certificate. */
+const tlsArgs = (client: CertificateFiles | null, ca = pki.ca) => [
+  '--consul-ca-file', ca,
+  ...(client ? ['--consul-cert-file', client.cert, '--consul-key-file', client.key] : []),
+];
+const securedArgsFor = (httpAddr: () => string, token: () => string) => {
+  const plain = argsFor(httpAddr);
+  return (election: string) => [...plain(election), '--consul-token-file', tokenFile(token()), ...tlsArgs(pki.client('leaderd'))];
+};
+
+/** A call to the plain agent's HTTP API, as an operator or another program would make it. */
+const consulApi = <T = unknown>(method: 'GET' | 'PUT' | 'DELETE', path: string, body?: string): Promise<T> => agent.api<T>(method, path, body);
 /**
  * Stops a sidecar that must still be running, and resolves once its last log line has been read:
  * every line it logged before is in `logs` then, so counting them is not a race with the pipe.
@@ -40,21 +69,26 @@ async function stopAndDrain(node: Sidecar): Promise<void> {
 const lockIndex = async (key: string) => (await consulApi<Array<{ ModifyIndex: number }>>('GET', `/v1/kv/${key}`))[0]!.ModifyIndex;
 
 beforeAll(async () => {
-  agent = await ConsulAgent.start();
+  pki = makePki();
+  [agent, secured] = await Promise.all([ConsulAgent.start(), ConsulAgent.start(newSecurity(pki))]);
+  securedToken = await secured.token(minimumPolicy(secured.nodeName));
 });
 afterAll(async () => {
-  await agent?.stop();
+  await Promise.all([agent?.stop(), secured?.stop()]);
 });
 
 conformance({
   name: 'consul',
   leaseSeconds: checkTtlSeconds,
-  args,
+  args: securedArgsFor(() => secured.httpAddr, () => securedToken),
   async dedicatedServer() {
     // A single server, not a dev agent: a dev agent forgets its Raft log on restart, and with it
-    // the indexes fencing tokens are made of, so the token after the outage could repeat.
-    const own = await ConsulCluster.start(1);
-    return { args: argsFor(() => own.members[0]!.httpAddr), pause: () => own.pause(0), resume: () => own.resume(0), stop: () => own.stop() };
+    // the indexes fencing tokens are made of, so the token after the outage could repeat. Secured
+    // as the shared agent is; its ACLs, in its Raft log, outlive the outage too.
+    const own = await ConsulCluster.start(1, newSecurity(pki));
+    const server = own.members[0]!;
+    const token = await server.token(minimumPolicy(server.nodeName));
+    return { args: securedArgsFor(() => server.httpAddr, () => token), pause: () => own.pause(0), resume: () => own.resume(0), stop: () => own.stop() };
   },
 });
 
@@ -87,7 +121,6 @@ describe('consul: backend specifics', () => {
   });
 
   it('a refused configuration: a session TTL below Consul\'s 10 s minimum', async () => {
-    const { runLeaderd } = await import('./harness/sidecar.js');
     const result = await runLeaderd(['--backend', 'consul', '--ttl', '5']);
     expect(result.code).toBe(2);
     expect(result.stderr).toMatch(/ttl: 5 s is below the consul backend's minimum of 10 s/);
@@ -183,6 +216,137 @@ describe('consul: backend specifics', () => {
   });
 });
 
+describe('consul: TLS and ACLs', () => {
+  afterEach(() => Sidecar.killAll());
+
+  const securedArgs = (token: string, tls: string[]) => [
+    ...argsFor(() => secured.httpAddr)(newElection()),
+    '--consul-token-file', tokenFile(token),
+    ...tls,
+  ];
+
+  /** leaderd refused to start: exit 2, one line on stderr naming `setting`, no secret anywhere. */
+  async function refused(argv: string[], setting: RegExp, secrets: string[]): Promise<string> {
+    // A port of its own: the default one may be taken on a shared machine.
+    const result = await runLeaderd([...argv, '--http', '127.0.0.1:0']);
+    expect(result.code).toBe(2);
+    const lines = result.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(setting);
+    for (const secret of secrets) expect(result.stdout + result.stderr).not.toContain(secret);
+    return lines[0]!;
+  }
+
+  it('a token the agent does not know: exit 2 naming consul-token-file, the token in no output', async () => {
+    const wrong = '0f0f0f0f-1111-2222-3333-0f0f0f0f0f0f';
+    await refused(securedArgs(wrong, tlsArgs(pki.client('leaderd'))), /^leaderd: .*consul-token-file.*ACL not found/, [wrong, securedToken]);
+  });
+
+  it('a token without key write on the prefix: exit 2 naming the permission it lacks', async () => {
+    const readOnly = await secured.token(minimumPolicy(secured.nodeName).replace('policy = "write" }', 'policy = "read" }'));
+    const line = await refused(securedArgs(readOnly, tlsArgs(pki.client('leaderd'))), /consul-token-file.*permission denied/, [readOnly]);
+    expect(line).toContain('key_prefix "leaderd/" { policy = "write" }');
+    // And one for another prefix than leaderd's: the line names the prefix asked for.
+    const other = await refused(
+      [...securedArgs(readOnly, tlsArgs(pki.client('leaderd'))), '--consul-key-prefix', 'elsewhere'],
+      /consul-token-file.*permission denied/,
+      [readOnly],
+    );
+    expect(other).toContain('key_prefix "elsewhere/"');
+  });
+
+  it('a token without session write on the node, or service write for leaderd: exit 2 naming each', async () => {
+    const noSession = await secured.token(minimumPolicy(secured.nodeName).replace(/^session .*$/m, ''));
+    expect(await refused(securedArgs(noSession, tlsArgs(pki.client('leaderd'))), /permission denied/, [noSession])).toContain('session "NODE"');
+    const noService = await secured.token(minimumPolicy(secured.nodeName).replace(/^service .*$/m, ''));
+    expect(await refused(securedArgs(noService, tlsArgs(pki.client('leaderd'))), /permission denied/, [noService])).toContain('service "leaderd"');
+  });
+
+  it("an agent certificate from another CA: exit 2 naming consul-ca-file", async () => {
+    await refused(securedArgs(securedToken, tlsArgs(pki.client('leaderd'), pki.otherCa)), /^leaderd: .*consul-ca-file: the agent's certificate is not trusted/, [securedToken]);
+  });
+
+  it('no client certificate, or one from another CA: exit 2 naming consul-cert-file', async () => {
+    await refused(securedArgs(securedToken, tlsArgs(null)), /^leaderd: .*consul-cert-file: the agent refused the client certificate \(none was given/, [securedToken]);
+    await refused(securedArgs(securedToken, tlsArgs(pki.otherClient)), /^leaderd: .*consul-cert-file: the agent refused the client certificate/, [securedToken]);
+  });
+
+  it('an expired client certificate: exit 2 before connecting, naming consul-cert-file', async () => {
+    await refused(securedArgs(securedToken, tlsArgs(pki.expiredClient)), /consul-cert-file: the certificate in .* expired on/, [securedToken]);
+  });
+
+  it('http:// to the HTTPS API: exit 2 naming consul-addr', async () => {
+    const argv = securedArgs(securedToken, []).map((a) => a.replace('https://', 'http://'));
+    await refused(argv, /consul-addr: the scheme does not match the agent/, [securedToken]);
+  });
+
+  it('a permission taken away while running: the primary steps down and names it, and leads again once it is back', async () => {
+    const token = await secured.token(minimumPolicy(secured.nodeName));
+    const node = await Sidecar.start('consul-revoked', securedArgs(token, tlsArgs(pki.client('leaderd'))));
+    const first = await node.waitForRole('primary', 15000);
+    // Without session write, renewals are refused: the lease cannot be proved, whatever the lock says.
+    await secured.setRules(token, minimumPolicy(secured.nodeName).replace(/^session .*$/m, ''));
+    await node.waitForState((s) => s.role !== 'primary', (checkTtlSeconds + 2) * 1000, 'the step-down');
+    await node.waitForLog((l) => JSON.stringify(l).includes('may not create and renew sessions'), 10000, 'the refusal named');
+    expect(node.child.exitCode).toBeNull();
+    await secured.setRules(token, minimumPolicy(secured.nodeName));
+    const again = await node.waitForRole('primary', 30000);
+    // A new term, after a demote: never the old token again.
+    expect(again.fencingToken!).toBeGreaterThan(first.fencingToken!);
+    await stopAndDrain(node);
+    expect(JSON.stringify(node.logs) + node.stderr).not.toContain(token);
+  });
+
+  it('rotated certificate files are picked up on SIGHUP: a good pair keeps the term, a refused one steps down, a good one again leads', async () => {
+    const cert = scratchFile('client.crt');
+    const key = scratchFile('client.key');
+    const install = (files: CertificateFiles) => {
+      copyFileSync(files.key, key);
+      copyFileSync(files.cert, cert);
+    };
+    install(pki.client('leaderd'));
+    const node = await Sidecar.start('consul-rotate', [
+      ...argsFor(() => secured.httpAddr)(newElection()),
+      '--consul-token-file', tokenFile(securedToken),
+      '--consul-ca-file', pki.ca, '--consul-cert-file', cert, '--consul-key-file', key,
+    ]);
+    const first = await node.waitForRole('primary', 15000);
+    const changed = (count: number) => node.waitForLog((l) => l.msg === 'TLS files changed: new connections to Consul use them', 10000, 'the rotation', count);
+    const successes = async () => {
+      const text = await (await node.fetch('/metrics')).text();
+      return Number(/^leaderd_lease_renewals_total\{result="success"\} (\S+)$/m.exec(text)?.[1] ?? 0);
+    };
+
+    install(pki.client('leaderd-rotated'));
+    node.signal('SIGHUP');
+    await changed(1);
+    const before = await successes();
+    // Renewals go on, through connections made with the new pair, within the same term.
+    expect(await until(async () => (await successes()) >= before + 3, 15000)).toBe(true);
+    const still = await (await node.fetch('/role')).json();
+    expect(still).toMatchObject({ role: 'primary', fencingToken: first.fencingToken, since: first.since });
+
+    // A pair the agent refuses (another CA's): new connections fail, so the new files are in
+    // use; the node steps down and says which setting, and never pretends to lead.
+    install(pki.otherClient);
+    node.signal('SIGHUP');
+    await changed(2);
+    await node.waitForState((s) => s.role !== 'primary', (checkTtlSeconds + 2) * 1000, 'the step-down');
+    await node.waitForLog((l) => JSON.stringify(l).includes('consul-cert-file: the agent refused the client certificate'), 10000, 'the refusal');
+    expect(node.child.exitCode).toBeNull();
+
+    install(pki.client('leaderd'));
+    node.signal('SIGHUP');
+    await changed(3);
+    const again = await node.waitForRole('primary', 30000);
+    expect(again.fencingToken!).toBeGreaterThan(first.fencingToken!);
+    // The token is in nothing leaderd shows.
+    for (const path of ['/role', '/cluster', '/metrics']) expect(await (await node.fetch(path)).text()).not.toContain(securedToken);
+    await stopAndDrain(node);
+    expect(JSON.stringify(node.logs) + node.stderr).not.toContain(securedToken);
+  });
+});
+
 describe('consul: member records', () => {
   const records = (election: string) => `leaderd/.cluster/${election}/`;
   const open: Member[] = [];
@@ -197,18 +361,22 @@ describe('consul: member records', () => {
   }
 
   async function member(election: string, id: string): Promise<Member> {
-    const backend = new ConsulBackend({
-      address: agent.httpAddr,
-      token: null,
-      keyPrefix: 'leaderd',
-      datacenter: null,
-      sessionTtlSeconds: ttlSeconds,
-      checkTtlSeconds,
-      lockDelaySeconds: checkTtlSeconds,
-    });
     const views: View[] = [];
     const warnings: Member['warnings'] = [];
     const log = pino({ level: 'warn' }, { write: (line: string) => void warnings.push(JSON.parse(line) as Member['warnings'][number]) });
+    const backend = new ConsulBackend(
+      {
+        address: agent.httpAddr,
+        token: null,
+        keyPrefix: 'leaderd',
+        datacenter: null,
+        sessionTtlSeconds: ttlSeconds,
+        checkTtlSeconds,
+        lockDelaySeconds: checkTtlSeconds,
+        tls: null,
+      },
+      log,
+    );
     const session = await backend.open({
       election,
       candidate: { id, address: id },

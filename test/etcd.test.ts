@@ -1,12 +1,16 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, onTestFailed } from 'vitest';
 import { Etcd3 } from 'etcd3';
 import { pino } from 'pino';
 import { EtcdBackend } from '../adapters/etcd.js';
 import { MAX_RECORD_BYTES, SessionLostError, type Session, type View } from '../src/backend.js';
-import { conformance, histogramCount, newElection, settled } from './conformance.js';
-import { EtcdCluster, EtcdServer, type Etcdctl } from './harness/etcd.js';
+import { copyFileSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { conformance, histogramCount, newElection, sample, scrape, scratchFile, settled } from './conformance.js';
+import { EtcdCluster, EtcdServer, ROOT_PASSWORD, type Etcdctl } from './harness/etcd.js';
+import { makePki } from './harness/tls.js';
 import { TcpProxy } from './harness/proxy.js';
-import { Sidecar } from './harness/sidecar.js';
+import { runLeaderd, Sidecar } from './harness/sidecar.js';
 import { until } from './chaos/world.js';
 
 const ttlSeconds = 2;
@@ -30,21 +34,197 @@ async function stopAndDrain(node: Sidecar): Promise<void> {
   await node.waitForLog((l) => l.msg === 'stopped', 10000, 'its last log line');
 }
 
+/**
+ * The conformance suite runs as production runs etcd: TLS with client certificates required, and
+ * authentication on, leaderd's user limited by its role to PREFIX/. Everything else here talks to
+ * a plain server, which the tests read and write behind leaderd's back.
+ */
+const pki = makePki();
+const PREFIX = '/leaderd-test';
+const LEADERD_USER = { name: 'leaderd', password: 'leaderd-secret', prefix: `${PREFIX}/` };
+/** A user whose role covers another prefix only. */
+const OTHER_USER = { name: 'elsewhere', password: 'elsewhere-secret', prefix: '/elsewhere/' };
+const USERS = [LEADERD_USER, OTHER_USER];
+let secured: EtcdServer;
+const passwordFile = (password: string) => {
+  const file = scratchFile('etcd-password');
+  writeFileSync(file, `${password}\n`, { mode: 0o600 });
+  return file;
+};
+/** The flags of a sidecar on a secured server; `tls` and `user` override its files and login. */
+const securedArgsFor =
+  (server: () => EtcdServer, tls: { ca?: string; cert?: string; key?: string } = {}, user: { name: string; password: string } | null = LEADERD_USER) =>
+  (election: string) => {
+    const client = pki.client(LEADERD_USER.name);
+    const files = { ca: pki.ca, cert: client.cert, key: client.key, ...tls };
+    return [
+      ...args(election).map((a) => (a === etcd.clientUrl ? server().clientUrl : a)),
+      '--etcd-ca-file', files.ca,
+      '--etcd-cert-file', files.cert,
+      '--etcd-key-file', files.key,
+      ...(user ? ['--etcd-username', user.name, '--etcd-password-file', passwordFile(user.password)] : []),
+    ];
+  };
+
 beforeAll(async () => {
-  etcd = await EtcdServer.start();
+  [etcd, secured] = await Promise.all([EtcdServer.start(), EtcdServer.startSecured(pki, USERS)]);
 });
 afterAll(async () => {
-  await etcd?.stop();
+  await Promise.all([etcd?.stop(), secured?.stop()]);
 });
 
 conformance({
   name: 'etcd',
   leaseSeconds: ttlSeconds,
-  args,
+  args: securedArgsFor(() => secured),
   async dedicatedServer() {
-    const own = await EtcdServer.start();
-    return { args: argsFor(() => own), pause: () => own.pause(), resume: () => own.resume(), stop: () => own.stop() };
+    const own = await EtcdServer.startSecured(pki, USERS);
+    return { args: securedArgsFor(() => own), pause: () => own.pause(), resume: () => own.resume(), stop: () => own.stop() };
   },
+});
+
+describe('etcd: TLS and authentication', () => {
+  afterEach(() => Sidecar.killAll());
+  beforeEach(() => onTestFailed(() => console.error(`the sidecars' logs: ${Sidecar.dumpLogs(scratchFile('etcd-tls-logs'))}`)));
+
+  const successfulRenewals = async (node: Sidecar) => sample(await scrape(node), 'leaderd_lease_renewals_total', { result: 'success' });
+
+  it('credentials rolled out before etcd turns authentication on: the election works before and after `auth enable`', async () => {
+    // Users and roles exist, authentication is still off; the client certificate names no user,
+    // so once it is on, only a login gets leaderd in.
+    const own = await EtcdServer.startSecured(pki, USERS, { enableAuth: false });
+    try {
+      const election = newElection();
+      const flags = securedArgsFor(() => own, pki.client('no-such-user'))(election);
+      const group = await Promise.all(['a', 'b', 'c'].map((n) => Sidecar.start(`etcd-auth-later-${n}`, flags)));
+      const before = await settled(group, 20000);
+      own.etcdctlSync(['auth', 'enable']);
+      await before.primary.stop();
+      const after = await settled(before.replicas, 20000);
+      expect(after.state.fencingToken).toBeGreaterThan(before.state.fencingToken!);
+      for (const node of before.replicas) {
+        await node.waitForLog((l) => l.msg === 'etcd has authentication on: logging in', 10000);
+      }
+    } finally {
+      await Sidecar.killAll();
+      await own.stop();
+    }
+  });
+
+  /** Runs leaderd on the secured server until it exits; asserts the one-line refusal and that no secret leaked. */
+  async function refused(flags: string[]): Promise<string> {
+    const result = await runLeaderd([...flags, '--http', '127.0.0.1:0']);
+    expect(result.code).toBe(2);
+    const lines = result.stderr.trim().split("\n");
+    expect(lines).toHaveLength(1);
+    for (const secret of [LEADERD_USER.password, OTHER_USER.password, ROOT_PASSWORD]) {
+      expect(result.stderr + result.stdout).not.toContain(secret);
+    }
+    return lines[0]!;
+  }
+
+  it('a wrong password is refused at start with one line naming the setting, never the password', async () => {
+    const line = await refused(securedArgsFor(() => secured, {}, { name: LEADERD_USER.name, password: 'not-the-password' })(newElection()));
+    expect(line).toMatch(/etcd-username: etcd refused user leaderd and its password \(etcd-password-file\)/);
+  });
+
+  it('a user whose role does not cover the prefix is refused at start, naming the grant it needs', async () => {
+    const line = await refused(securedArgsFor(() => secured, {}, OTHER_USER)(newElection()));
+    expect(line).toMatch(/etcd-username: user elsewhere may not read and write \/leaderd-test\/ on etcd \(permission denied\); grant its role readwrite on the prefix \/leaderd-test\//);
+  });
+
+  it("a server certificate the CA file does not vouch for is refused at start, naming etcd-ca-file", async () => {
+    const line = await refused(securedArgsFor(() => secured, { ca: pki.otherCa })(newElection()));
+    expect(line).toMatch(/etcd-ca-file: etcd's certificate is not trusted: unable to verify the first certificate/);
+  });
+
+  it('a client certificate etcd does not trust, or none, is refused at start, naming etcd-cert-file', async () => {
+    const other = await refused(securedArgsFor(() => secured, pki.otherClient)(newElection()));
+    expect(other).toMatch(/etcd-cert-file: etcd refused the client certificate: .*bad certificate/);
+    const flags = securedArgsFor(() => secured)(newElection());
+    const withoutCertificate = flags.filter((_, i) => !['--etcd-cert-file', '--etcd-key-file'].includes(flags[i]!) && !['--etcd-cert-file', '--etcd-key-file'].includes(flags[i - 1]!));
+    const none = await refused(withoutCertificate);
+    expect(none).toMatch(/etcd-cert-file: etcd refused the client certificate \(none was given; set etcd-cert-file and etcd-key-file\)/);
+  });
+
+  it('an expired client certificate, or a key of another certificate, is refused before connecting', async () => {
+    expect(await refused(securedArgsFor(() => secured, pki.expiredClient)(newElection()))).toMatch(
+      /^leaderd: invalid configuration: etcd-cert-file: the certificate in \S+expired-client\.crt expired on /,
+    );
+    expect(await refused(securedArgsFor(() => secured, { key: pki.otherClient.key })(newElection()))).toMatch(
+      /etcd-key-file: \S+other-client\.key is not the key of the certificate in /,
+    );
+  });
+
+  it('a client certificate alone logs in as the user its common name names', async () => {
+    const node = await Sidecar.start('etcd-cn', securedArgsFor(() => secured, {}, null)(newElection()));
+    await node.waitForRole('primary', 15000);
+  });
+
+  it('TLS files rotated under a running primary are used from SIGHUP on: it keeps its term when etcd restarts with a certificate only the new CA file trusts', async () => {
+    const own = await EtcdServer.startSecured(pki, USERS);
+    try {
+      const dir = mkdtempSync(join(tmpdir(), 'leaderd-rotation-'));
+      const ca = join(dir, 'ca.crt');
+      copyFileSync(pki.ca, ca);
+      const client = pki.client(LEADERD_USER.name);
+      const [cert, key] = [join(dir, 'client.crt'), join(dir, 'client.key')];
+      copyFileSync(client.cert, cert);
+      copyFileSync(client.key, key);
+      const flags = securedArgsFor(() => own, { ca, cert, key })(newElection()).map((a, i, all) => (all[i - 1] === '--ttl' ? '6' : a));
+      const node = await Sidecar.start('etcd-rotation', flags);
+      const { fencingToken } = await node.waitForRole('primary', 15000);
+
+      // Half a rotation (a key that is not the certificate's) is not taken: the files in use stay.
+      copyFileSync(pki.otherClient.key, key);
+      node.signal('SIGHUP');
+      await node.waitForLog((l) => l.msg === 'the changed TLS files cannot be used yet; keeping the ones in use', 10000);
+      copyFileSync(client.key, key);
+
+      // The new CA file trusts both CAs, as during a real rotation of the server's certificate.
+      writeFileSync(ca, `${readFileSync(pki.ca, 'utf8')}${readFileSync(pki.otherCa, 'utf8')}`);
+      node.signal('SIGHUP');
+      await node.waitForLog((l) => l.msg === 'TLS files changed: new connections to etcd use them', 10000);
+      own.serverCertificate = pki.otherServer;
+      await own.pause();
+      await own.resume();
+      const renewals = () => successfulRenewals(node);
+      const before = await renewals();
+      expect(await until(async () => (await renewals()) >= before + 3, 15000)).toBe(true);
+      expect(await node.role()).toMatchObject({ role: 'primary', fencingToken });
+      expect(node.logs.filter((l) => /stepping down|session lost|session ended/.test(String(l.msg)))).toEqual([]);
+    } finally {
+      await Sidecar.killAll();
+      await own.stop();
+    }
+  });
+
+  it('etcd restarted (its tokens forgotten): the primary keeps its term, and the replica still sees it go and takes over', async () => {
+    const own = await EtcdServer.startSecured(pki, USERS);
+    try {
+      // A lease long enough to outlast the restart: this is about the token, not the lease.
+      const flags = (election: string) => securedArgsFor(() => own)(election).map((a, i, all) => (all[i - 1] === '--ttl' ? '6' : a));
+      const election = newElection();
+      const group = await Promise.all(['a', 'b'].map((n) => Sidecar.start(`etcd-restart-${n}`, flags(election))));
+      const { primary, replicas, state } = await settled(group, 20000);
+      const replica = replicas[0]!;
+      const renewals = () => successfulRenewals(primary);
+      await own.pause();
+      await own.resume();
+      // Three successful renewals after the restart: had the first ones failed for longer than
+      // the renew deadline (4 s), the primary would have stepped down by then.
+      const before = await renewals();
+      expect(await until(async () => (await renewals()) >= before + 3, 15000)).toBe(true);
+      expect(await primary.role()).toMatchObject({ role: 'primary', fencingToken: state.fencingToken });
+      expect(primary.logs.filter((l) => /stepping down|session lost|session ended/.test(String(l.msg)))).toEqual([]);
+      expect(await primary.stop()).toEqual({ code: 0, signal: null });
+      const after = await replica.waitForRole('primary', 20000);
+      expect(after.fencingToken).toBeGreaterThan(state.fencingToken!);
+    } finally {
+      await Sidecar.killAll();
+      await own.stop();
+    }
+  });
 });
 
 describe('etcd: backend specifics', () => {
@@ -206,7 +386,7 @@ describe('etcd: member records', () => {
   }
 
   async function member(election: string, id: string, endpoint = etcd.clientUrl): Promise<Member> {
-    const backend = new EtcdBackend({ endpoints: [endpoint], prefix });
+    const backend = new EtcdBackend({ endpoints: [endpoint], prefix, tls: null, auth: null }, pino({ level: 'silent' }));
     backends.push(backend);
     const views: View[] = [];
     const losses: Error[] = [];

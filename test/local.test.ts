@@ -36,6 +36,15 @@ describe('local: backend specifics', () => {
     expect(performance.now() - killedAt).toBeLessThan((ttlSeconds * 1000) / 2);
   });
 
+  it('SIGHUP (a closed terminal, a reload) leaves a primary leading with its term; it used to end it without a demote', async () => {
+    const node = await Sidecar.start('local-hup', args(newElection()));
+    const { fencingToken } = await node.waitForRole('primary', 10000);
+    node.signal('SIGHUP');
+    await node.waitForLog((l) => l.msg === 'SIGHUP: reading the TLS files again, if there are any', 10000);
+    expect(await node.role()).toMatchObject({ role: 'primary', fencingToken });
+    expect(await node.stop()).toEqual({ code: 0, signal: null });
+  });
+
   it('a promote hook that overruns --hook-timeout is killed (SIGTERM, then SIGKILL) and counts as failed', async () => {
     const pidFile = scratchFile('hang-pid');
     const hang = fileURLToPath(new URL('./fixtures/hang-hook.mjs', import.meta.url));

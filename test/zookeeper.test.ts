@@ -43,8 +43,39 @@ async function zkClient(connect: string): Promise<InstanceType<typeof ZK>> {
   return client;
 }
 
+/**
+ * The conformance suite runs as production runs ZooKeeper: its prefix made by an administrator,
+ * with an ACL that grants leaderd's digest identity alone anything, and leaderd logging in with
+ * it (`--zk-auth-file`). Everything else here runs in an open /leaderd-test.
+ */
+const SECURED_PREFIX = '/leaderd-secured';
+const ZK_CREDENTIALS = 'leaderd:leaderd-secret';
+const credentialsFile = (credentials: string) => {
+  const file = scratchFile('zk-auth');
+  writeFileSync(file, `${credentials}\n`, { mode: 0o600 });
+  return file;
+};
+const securedArgsFor = (connect: () => string, credentials: string | null = ZK_CREDENTIALS) => (election: string, ttl = ttlSeconds) => [
+  ...argsFor(connect)(election, ttl).map((a) => (a === '/leaderd-test' ? SECURED_PREFIX : a)),
+  ...(credentials ? ['--zk-auth-file', credentialsFile(credentials)] : []),
+];
+
+/** Makes SECURED_PREFIX, as an administrator would, open to leaderd's digest identity only. */
+async function securePrefix(connect: string): Promise<void> {
+  const client = await zkClient(connect);
+  try {
+    await client.create(SECURED_PREFIX, '', ZK.constants.ZOO_PERSISTENT);
+    const [user, password] = ZK_CREDENTIALS.split(':') as [string, string];
+    const digest = createHash('sha1').update(`${user}:${password}`).digest('base64');
+    await client.set_acl(SECURED_PREFIX, -1, [{ perms: ZK.constants.ZOO_PERM_ALL, scheme: 'digest', auth: `${user}:${digest}` }]);
+  } finally {
+    client.close();
+  }
+}
+
 beforeAll(async () => {
   zk = await ZookeeperServer.start();
+  await securePrefix(zk.connectString);
 });
 afterAll(async () => {
   await zk?.stop();
@@ -53,10 +84,11 @@ afterAll(async () => {
 conformance({
   name: 'zookeeper',
   leaseSeconds: ttlSeconds,
-  args,
+  args: securedArgsFor(() => zk.connectString),
   async dedicatedServer() {
     const own = await ZookeeperServer.start();
-    return { args: argsFor(() => own.connectString), pause: () => own.pause(), resume: () => own.resume(), stop: () => own.stop() };
+    await securePrefix(own.connectString);
+    return { args: securedArgsFor(() => own.connectString), pause: () => own.pause(), resume: () => own.resume(), stop: () => own.stop() };
   },
 });
 
@@ -126,6 +158,18 @@ describe('zookeeper: backend specifics', () => {
       await expect(client.delete_(`${path}/${candidate}`, -1)).rejects.toThrow(new RegExp(`^${ZK.constants.ZNOAUTH} `));
     } finally {
       client.close();
+    }
+  });
+
+  it("no permission on the prefix (no credentials, or another identity's) is refused at start, naming zk-prefix, never the password", async () => {
+    for (const credentials of [null, 'someone-else:not-the-password']) {
+      const result = await runLeaderd([...securedArgsFor(() => zk.connectString, credentials)(newElection()), '--http', '127.0.0.1:0']);
+      expect(result.code).toBe(2);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      expect(result.stderr).toMatch(
+        /^leaderd: invalid configuration: zk-prefix: ZooKeeper refused .* the permission to create and change \/leaderd-secured\/e-[0-9a-f]+ \(NoAuth\); the ACL of \/leaderd-secured must grant it all permissions/,
+      );
+      expect(result.stderr + result.stdout).not.toContain('not-the-password');
     }
   });
 
@@ -506,7 +550,9 @@ describe('zookeeper: member records', () => {
       expect(await members(b)).toEqual(['record of b']);
       // The follower goes on serving reads from its own copy until it notices, a few ticks later,
       // that its leader is silent; only a read that syncs with the leader first is refused.
-      for (const other of ensemble.members) if (other !== follower) other.freeze();
+      const others = ensemble.members.filter((other) => other !== follower);
+      for (const other of others) other.freeze();
+      await Promise.all(others.map((other) => other.stopped()));
       await expect(b.session.readCluster()).rejects.toThrow();
     } finally {
       for (const server of ensemble.members) server.thaw();

@@ -4,12 +4,16 @@
  * loopback ports, so the suite never collides with another Consul on the machine (no 8500).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { freePort } from './ports.js';
 import { runs } from './system.js';
+import type { Pki } from './tls.js';
 
 const INSTALL_SCRIPT = join('scripts', 'install-consul.sh');
 const BINARY = join('.cache', 'consul', 'bin', 'consul');
@@ -38,6 +42,7 @@ export function ensureConsulInstalled(): string {
 const COMMON_ARGS = ['-bind', '127.0.0.1', '-client', '127.0.0.1', '-advertise', '127.0.0.1', '-dns-port', '-1', '-grpc-port', '-1', '-log-level', 'info', '-hcl', 'disable_update_check = true'];
 
 interface Ports {
+  /** The HTTP API's port: plain HTTP, or HTTPS (and no plain HTTP at all) when secured. */
   http: number;
   serfLan: number;
   serfWan: number;
@@ -48,8 +53,90 @@ async function freePorts(): Promise<Ports> {
   return { http: await freePort(), serfLan: await freePort(), serfWan: await freePort(), server: await freePort() };
 }
 
-function portArgs(p: Ports): string[] {
-  return ['-http-port', `${p.http}`, '-serf-lan-port', `${p.serfLan}`, '-serf-wan-port', `${p.serfWan}`, '-server-port', `${p.server}`];
+function portArgs(p: Ports, secured: boolean): string[] {
+  return ['-http-port', secured ? '-1' : `${p.http}`, '-serf-lan-port', `${p.serfLan}`, '-serf-wan-port', `${p.serfWan}`, '-server-port', `${p.server}`];
+}
+
+/**
+ * An agent as production runs it: the HTTP API on HTTPS only, with client certificates required
+ * (`verify_incoming_https`), and ACLs on in default-deny mode. The harness itself talks to it
+ * with the `harness` client certificate and the master token.
+ */
+export interface ConsulSecurity {
+  readonly pki: Pki;
+  readonly masterToken: string;
+}
+
+export function newSecurity(pki: Pki): ConsulSecurity {
+  return { pki, masterToken: randomUUID() };
+}
+
+/** The agent configuration that turns on TLS and ACLs (Consul 1.8's names), in JSON. */
+function securedConfig(security: ConsulSecurity, httpsPort: number): string {
+  const { pki, masterToken } = security;
+  return JSON.stringify({
+    ca_file: pki.ca,
+    cert_file: pki.server.cert,
+    key_file: pki.server.key,
+    verify_incoming_https: true,
+    ports: { https: httpsPort },
+    acl: {
+      enabled: true,
+      default_policy: 'deny',
+      down_policy: 'extend-cache',
+      enable_token_persistence: true,
+      // The agent registers its own node with the master token: what it needs is not under test.
+      tokens: { master: masterToken, agent: masterToken },
+    },
+  });
+}
+
+/** What the harness's own requests carry: TLS material and the master token, or nothing. */
+interface Credentials {
+  readonly ca: Buffer;
+  readonly cert: Buffer;
+  readonly key: Buffer;
+  readonly token: string;
+}
+
+function credentialsFor(security: ConsulSecurity | null): Credentials | null {
+  if (!security) return null;
+  const { pki, masterToken } = security;
+  const client = pki.client('harness');
+  return { ca: readFileSync(pki.ca), cert: readFileSync(client.cert), key: readFileSync(client.key), token: masterToken };
+}
+
+/**
+ * One request to an agent's HTTP API (plain or, with credentials, HTTPS with the harness's
+ * client certificate and the master token); resolves with the status and the body's text.
+ */
+function consulRequest(
+  httpAddr: string,
+  credentials: Credentials | null,
+  method: string,
+  path: string,
+  body?: string,
+  timeoutMs = 2000,
+): Promise<{ status: number; text: string }> {
+  const url = new URL(path, httpAddr);
+  const options = {
+    method,
+    timeout: timeoutMs,
+    headers: credentials ? { 'x-consul-token': credentials.token } : {},
+    ...(credentials ? { ca: credentials.ca, cert: credentials.cert, key: credentials.key, agent: false } : {}),
+  };
+  return new Promise((resolve, reject) => {
+    const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, options, (response) => {
+      let text = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (text += chunk));
+      response.on('end', () => resolve({ status: response.statusCode ?? 0, text }));
+      response.on('error', reject);
+    });
+    request.on('timeout', () => request.destroy(new Error(`${method} ${path}: no answer within ${timeoutMs} ms`)));
+    request.on('error', reject);
+    request.end(body);
+  });
 }
 
 // Agents still running when the test process exits (a crash, an unhandled error) are killed, so
@@ -69,6 +156,7 @@ class ConsulProcess {
     private readonly binary: string,
     private readonly args: readonly string[],
     readonly httpAddr: string,
+    readonly credentials: Credentials | null,
   ) {}
 
   /** Spawns consul; resolves once its HTTP API reports a Raft leader (poll 100 ms, up to 30 s). */
@@ -90,7 +178,7 @@ class ConsulProcess {
     const deadline = Date.now() + 30000;
     for (;;) {
       if (child.exitCode !== null || child.signalCode !== null) throw new Error(`consul exited: ${this.tail()}`);
-      if (await this.leader().catch(() => '')) return;
+      if ((await this.leader().catch(() => '')) && (await this.aclsReady())) return;
       if (Date.now() > deadline) {
         await this.stop();
         throw new Error(`consul saw no leader within 30 s: ${this.tail()}`);
@@ -101,8 +189,25 @@ class ConsulProcess {
 
   /** The Raft leader's server address ("127.0.0.1:PORT") as this agent sees it; '' if none. */
   async leader(): Promise<string> {
-    const response = await fetch(`${this.httpAddr}/v1/status/leader`, { signal: AbortSignal.timeout(1000) });
-    return response.ok ? ((await response.json()) as string) : '';
+    const response = await consulRequest(this.httpAddr, this.credentials, 'GET', '/v1/status/leader', undefined, 1000);
+    return response.status === 200 ? (JSON.parse(response.text) as string) : '';
+  }
+
+  /**
+   * True once the ACL system knows the master token (a new leader inserts it after its
+   * election), or at once when ACLs are off: tokens can be made from then on.
+   */
+  private async aclsReady(): Promise<boolean> {
+    if (!this.credentials) return true;
+    const response = await consulRequest(this.httpAddr, this.credentials, 'GET', '/v1/acl/token/self', undefined, 1000).catch(() => null);
+    return response?.status === 200;
+  }
+
+  /** A request with the master token (when secured); the parsed JSON answer, or throws. */
+  async api<T = unknown>(method: 'GET' | 'PUT' | 'DELETE', path: string, body?: string): Promise<T> {
+    const response = await consulRequest(this.httpAddr, this.credentials, method, path, body);
+    if (response.status !== 200) throw new Error(`${method} ${path}: ${response.status} ${response.text}`);
+    return JSON.parse(response.text) as T;
   }
 
   get running(): boolean {
@@ -134,20 +239,40 @@ export class ConsulAgent {
   private constructor(
     private readonly proc: ConsulProcess,
     private readonly dataDir: string,
+    readonly nodeName: string,
   ) {}
 
   get httpAddr(): string {
     return this.proc.httpAddr;
   }
 
-  static async start(): Promise<ConsulAgent> {
+  /** A call to the HTTP API, as an operator would make it (with the master token when secured). */
+  api<T = unknown>(method: 'GET' | 'PUT' | 'DELETE', path: string, body?: string): Promise<T> {
+    return this.proc.api<T>(method, path, body);
+  }
+
+  /** A new ACL token with a policy of its own made of `rules` (HCL); its secret. */
+  token(rules: string): Promise<string> {
+    return createToken(this.proc, rules);
+  }
+
+  /** Gives a token made by token() new rules. */
+  setRules(token: string, rules: string): Promise<void> {
+    return setRules(this.proc, token, rules);
+  }
+
+  /** With `security`, TLS and ACLs as in production (see ConsulSecurity). */
+  static async start(security: ConsulSecurity | null = null): Promise<ConsulAgent> {
     const binary = ensureConsulInstalled();
     const ports = await freePorts();
     // Dev mode keeps its state in memory; the data dir only holds the node-id, so a restarted
     // agent is the same node. A unique name keeps concurrent agents apart in logs.
     const dataDir = mkdtempSync(join(tmpdir(), 'leaderd-consul-dev-'));
-    const args = ['-dev', '-node', `leaderd-dev-${ports.http}`, '-data-dir', dataDir, ...COMMON_ARGS, ...portArgs(ports)];
-    const agent = new ConsulAgent(new ConsulProcess(binary, args, `http://127.0.0.1:${ports.http}`), dataDir);
+    const nodeName = `leaderd-dev-${ports.http}`;
+    const secured = security ? ['-hcl', securedConfig(security, ports.http)] : [];
+    const args = ['-dev', '-node', nodeName, '-data-dir', dataDir, ...COMMON_ARGS, ...portArgs(ports, security !== null), ...secured];
+    const scheme = security ? 'https' : 'http';
+    const agent = new ConsulAgent(new ConsulProcess(binary, args, `${scheme}://127.0.0.1:${ports.http}`, credentialsFor(security)), dataDir, nodeName);
     try {
       await agent.resume();
     } catch (error) {
@@ -222,6 +347,15 @@ export class ConsulServer {
     return this.proc.leader();
   }
 
+  api<T = unknown>(method: 'GET' | 'PUT' | 'DELETE', path: string, body?: string): Promise<T> {
+    return this.proc.api<T>(method, path, body);
+  }
+
+  /** A new ACL token with a policy of its own made of `rules` (HCL); its secret. */
+  token(rules: string): Promise<string> {
+    return createToken(this.proc, rules);
+  }
+
   tail(): string {
     return this.proc.tail();
   }
@@ -239,7 +373,8 @@ export class ConsulCluster {
     private readonly dir: string,
   ) {}
 
-  static async start(size = 3): Promise<ConsulCluster> {
+  /** With `security`, TLS and ACLs as in production (see ConsulSecurity). */
+  static async start(size = 3, security: ConsulSecurity | null = null): Promise<ConsulCluster> {
     const binary = ensureConsulInstalled();
     const dir = mkdtempSync(join(tmpdir(), 'leaderd-consul-cluster-'));
     // raft_multiplier 1 is the production timing (the default 5 is for tiny VMs): elections
@@ -258,9 +393,11 @@ export class ConsulCluster {
         '-server', '-bootstrap-expect', String(size), '-node', `${tag}-${i}`, '-data-dir', dataDir, '-config-file', config,
         // The default retry interval is 30 s: the first join attempts race the other servers' start.
         ...joins, '-retry-interval', '500ms',
-        ...COMMON_ARGS, ...portArgs(ports),
+        ...COMMON_ARGS, ...portArgs(ports, security !== null),
+        ...(security ? ['-hcl', securedConfig(security, ports.http)] : []),
       ];
-      return new ConsulServer(new ConsulProcess(binary, args, `http://127.0.0.1:${ports.http}`), `${tag}-${i}`, `127.0.0.1:${ports.server}`);
+      const httpAddr = `${security ? 'https' : 'http'}://127.0.0.1:${ports.http}`;
+      return new ConsulServer(new ConsulProcess(binary, args, httpAddr, credentialsFor(security)), `${tag}-${i}`, `127.0.0.1:${ports.server}`);
     });
     const cluster = new ConsulCluster(members, dir);
     try {
@@ -281,8 +418,7 @@ export class ConsulCluster {
     const deadline = Date.now() + 30000;
     for (;;) {
       try {
-        const response = await fetch(`${this.members[0]!.httpAddr}/v1/agent/members`, { signal: AbortSignal.timeout(1000) });
-        const list = (await response.json()) as Array<{ Name: string; Status: number }>;
+        const list = await this.members[0]!.api<Array<{ Name: string; Status: number }>>('GET', '/v1/agent/members');
         // Serf status 1 is "alive".
         if (list.filter((m) => names.has(m.Name) && m.Status === 1).length === names.size) return;
       } catch {
@@ -330,4 +466,24 @@ export class ConsulCluster {
     if (!member) throw new Error(`no consul server ${index}`);
     return member;
   }
+}
+
+let tokens = 0;
+/** Each token's own policy, by the token's secret: what setRules() changes. */
+const policies = new Map<string, { id: string; name: string }>();
+
+/** A policy made of `rules` and a token with it alone, created with the master token. */
+async function createToken(proc: ConsulProcess, rules: string): Promise<string> {
+  const name = `leaderd-test-${++tokens}-${randomUUID().slice(0, 8)}`;
+  const policy = await proc.api<{ ID: string }>('PUT', '/v1/acl/policy', JSON.stringify({ Name: name, Rules: rules }));
+  const token = await proc.api<{ SecretID: string }>('PUT', '/v1/acl/token', JSON.stringify({ Description: name, Policies: [{ ID: policy.ID }] }));
+  policies.set(token.SecretID, { id: policy.ID, name });
+  return token.SecretID;
+}
+
+/** Replaces the rules of a token made by createToken (a server resolves tokens afresh each time). */
+async function setRules(proc: ConsulProcess, token: string, rules: string): Promise<void> {
+  const policy = policies.get(token);
+  if (!policy) throw new Error('not a token of this harness');
+  await proc.api('PUT', `/v1/acl/policy/${policy.id}`, JSON.stringify({ Name: policy.name, Rules: rules }));
 }

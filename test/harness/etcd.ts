@@ -4,16 +4,20 @@
  * EtcdCluster is three of them in one Raft group. `etcdctl` (Debian's etcd-client) runs as a
  * process of its own, as an operator would run it next to leaderd.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort } from './ports.js';
 import { aptInstall, runs } from './system.js';
+import type { CertificateFiles, Pki } from './tls.js';
 
 export const ETCD_BINARY = '/usr/bin/etcd';
 export const ETCDCTL_BINARY = '/usr/bin/etcdctl';
+/** The password of `root` on a secured server. */
+export const ROOT_PASSWORD = 'root-secret';
 
 /** One key as etcd stores it (the v3 JSON gateway's fields, decoded). */
 export interface EtcdKeyValue {
@@ -37,7 +41,14 @@ export class EtcdServer {
     private readonly dataDir: string,
     /** `--initial-cluster`; null for a server of its own. */
     private readonly initialCluster: string | null = null,
-  ) {}
+    /** TLS on the client URL, with client certificates required (see startSecured). */
+    readonly pki: Pki | null = null,
+  ) {
+    this.serverCertificate = pki?.server ?? null;
+  }
+
+  /** What the server presents on its client URL from its next (re)start: to test a rotation. */
+  serverCertificate: CertificateFiles | null;
 
   static async start(): Promise<EtcdServer> {
     const server = new EtcdServer(
@@ -48,6 +59,55 @@ export class EtcdServer {
     );
     await server.resume();
     return server;
+  }
+
+  /**
+   * A server as production runs it: TLS on the client URL, client certificates required
+   * (`--client-cert-auth`), and authentication on (unless `enableAuth` is false: users and roles
+   * made, `etcdctlSync(['auth', 'enable'])` left to the test), with `root` (password ROOT_PASSWORD) and one
+   * user per entry of `users`, each with a role of its own that may read and write under its
+   * prefix only (`role grant-permission --prefix`). A user may log in by password or by a client
+   * certificate with its name as common name (pki.client(name)).
+   */
+  static async startSecured(
+    pki: Pki,
+    users: ReadonlyArray<{ name: string; password: string; prefix: string }>,
+    { enableAuth = true } = {},
+  ): Promise<EtcdServer> {
+    const server = new EtcdServer(
+      'secured',
+      `https://127.0.0.1:${await freePort()}`,
+      `http://127.0.0.1:${await freePort()}`,
+      mkdtempSync(join(tmpdir(), 'leaderd-etcd-secured-')),
+      null,
+      pki,
+    );
+    await server.resume();
+    const commands = [
+      ['user', 'add', `root:${ROOT_PASSWORD}`],
+      ['role', 'add', 'root'],
+      ['user', 'grant-role', 'root', 'root'],
+      ...users.flatMap(({ name, password, prefix }) => [
+        ['role', 'add', name],
+        ['role', 'grant-permission', name, '--prefix=true', 'readwrite', prefix],
+        ['user', 'add', `${name}:${password}`],
+        ['user', 'grant-role', name, name],
+      ]),
+      ...(enableAuth ? [['auth', 'enable']] : []),
+    ];
+    for (const command of commands) server.etcdctlSync(command);
+    return server;
+  }
+
+  /** Runs etcdctl to completion against this server (as root once authentication is on). */
+  etcdctlSync(args: readonly string[]): string {
+    const tls = this.pki ? ['--cacert', this.pki.ca, '--cert', this.pki.client('root').cert, '--key', this.pki.client('root').key] : [];
+    return execFileSync(ETCDCTL_BINARY, ['--endpoints', this.clientUrl, ...tls, '--user', `root:${ROOT_PASSWORD}`, ...args], {
+      env: { ...process.env, ETCDCTL_API: '3' },
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 10000,
+    });
   }
 
   /** "127.0.0.1:PORT" of the client URL. */
@@ -62,9 +122,14 @@ export class EtcdServer {
   /** (Re)starts the server on its ports and data directory; resolves once it is healthy. */
   async resume(): Promise<void> {
     const log: string[] = [];
+    const tls =
+      this.pki && this.serverCertificate
+        ? ['--cert-file', this.serverCertificate.cert, '--key-file', this.serverCertificate.key, '--trusted-ca-file', this.pki.ca, '--client-cert-auth']
+        : [];
     const child = spawn(
       ETCD_BINARY,
       [
+        ...tls,
         '--name', this.name,
         '--data-dir', this.dataDir,
         '--listen-client-urls', this.clientUrl,
@@ -84,14 +149,38 @@ export class EtcdServer {
     for (;;) {
       if (child.exitCode !== null) throw new Error(`etcd exited: ${log.join('').slice(-2000)}`);
       try {
-        const health = (await (await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000) })).json()) as { health?: string };
-        if (health.health === 'true') return;
+        if ((await this.health()) === 'true') return;
       } catch {
         // not listening yet
       }
       if (Date.now() > deadline) throw new Error(`etcd did not become healthy: ${log.join('').slice(-2000)}`);
       await new Promise((r) => setTimeout(r, 100));
     }
+  }
+
+  /** What /health answers ("true" when healthy), over TLS with the root client certificate when secured. */
+  private async health(): Promise<string | undefined> {
+    if (!this.pki) {
+      return ((await (await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000) })).json()) as { health?: string }).health;
+    }
+    const { client } = this.pki;
+    const body = await new Promise<string>((resolve, reject) => {
+      // Whichever certificate the server presents (see serverCertificate): this only asks whether it is up.
+      const req = request(
+        `${this.clientUrl}/health`,
+        { rejectUnauthorized: false, cert: readFileSync(client('root').cert), key: readFileSync(client('root').key), timeout: 1000 },
+        (response) => {
+          let text = '';
+          response.on('data', (chunk: Buffer) => (text += chunk.toString()));
+          response.on('end', () => resolve(text));
+          response.on('error', reject);
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error('timed out')));
+      req.on('error', reject);
+      req.end();
+    });
+    return (JSON.parse(body) as { health?: string }).health;
   }
 
   /** The member id of this server and the one it follows as leader, from its status; null if down. */
