@@ -12,11 +12,19 @@
  * leader-change is news every target must hear, so each runs whatever the others did. A promote
  * stops at its first failed target: the rest of the application must not act on a promotion that
  * did not happen.
+ *
+ * A failed leader-change is run again, 1 s, 2 s, 4 s, ... at most a minute apart, until it succeeds
+ * or newer news comes (any transition): a replica that could not follow its new primary once (the
+ * primary still starting, a copy that failed half way) would otherwise stay behind until the
+ * next change of leader, which may be weeks away. A failed promote is the elector's to handle (it
+ * resigns); a failed demote is not run again, since its term is over and a successor may lead by
+ * the time a retry came.
  */
 import type { Transition, TransitionEvent } from './elector.js';
 import { errorMessage } from './elector.js';
 import type { Logger } from './log.js';
 import { inheritedEnvironment, runCommand } from './command.js';
+import { backoffMs } from './backoff.js';
 
 /** What a hook is told, as environment variables (exec) or as a JSON body (HTTP). */
 export interface HookFacts {
@@ -49,6 +57,9 @@ export interface HookOptions {
 
 /** Grace between SIGTERM and SIGKILL for an exec hook that overran. */
 const KILL_GRACE_MS = 5000;
+/** A failed leader-change hook runs again after 1 s, then twice as long each time, at most a minute. */
+const FIRST_RETRY_MS = 1000;
+const MAX_RETRY_MS = 60_000;
 
 type HookTarget = 'command' | 'url';
 
@@ -58,6 +69,9 @@ export class HookRunner {
   private drained: Promise<void> = Promise.resolve();
   private draining = false;
   private readonly http: HttpTarget | null;
+  /** The failed leader-change waiting to run again, and how many times in a row it has failed. */
+  private retry: { timer: NodeJS.Timeout | undefined; failures: number } = { timer: undefined, failures: 0 };
+  private retrying = true;
 
   constructor(private readonly options: HookOptions) {
     this.http = options.url === null ? null : httpTarget(options.url);
@@ -68,8 +82,33 @@ export class HookRunner {
       this.options.log.warn('demoting while the promote hook runs: cutting it short');
       this.running.abort.abort();
     }
+    // Newer news: a leader-change waiting to run again is out of date.
+    clearTimeout(this.retry.timer);
+    this.retry = { timer: undefined, failures: 0 };
+    this.push(transition);
+  }
+
+  /** No failed leader-change runs again from now on (leaderd is shutting down). */
+  stopRetrying(): void {
+    this.retrying = false;
+    clearTimeout(this.retry.timer);
+  }
+
+  private push(transition: Transition): void {
     this.queue.push(transition);
     if (!this.draining) this.drained = this.drain();
+  }
+
+  /** Runs a failed leader-change again later, unless newer news is already waiting. */
+  private retryLater(transition: Transition): void {
+    if (!this.retrying || this.queue.length > 0) return;
+    const failures = this.retry.failures + 1;
+    const delayMs = backoffMs(FIRST_RETRY_MS, failures, MAX_RETRY_MS);
+    this.options.log.warn(
+      { hook: transition.event, failuresInARow: failures, retryInSeconds: delayMs / 1000, leader: transition.leader?.id ?? null },
+      'the leader-change hook failed: running it again later',
+    );
+    this.retry = { timer: setTimeout(() => this.push(transition), delayMs), failures };
   }
 
   /** Resolves when every transition enqueued so far has been handled. */
@@ -121,9 +160,11 @@ export class HookRunner {
     this.options.listener?.hookRun?.(event, seconds, failure !== null);
     if (failure === null) {
       this.options.log.info({ hook: event, fencingToken: facts.fencingToken, seconds: Math.round(seconds * 1000) / 1000 }, 'hook succeeded');
+      this.retry.failures = 0;
       return;
     }
     if (event === 'promote' && !abort.signal.aborted) this.options.promoteFailed(`promote hook failed: ${failure}`);
+    if (event === 'leader-change') this.retryLater(transition);
   }
 
   private facts({ event, role, leader }: Transition): HookFacts {
