@@ -14,8 +14,9 @@
  * event loop, not in a thread; to a file or a terminal with fs.write. Not fs.write for pipes: a
  * write blocked in the thread pool on a full pipe is joined when the process exits, so a
  * stalled reader would hang the exit after SIGTERM instead. A queue
- * past its bound drops the new line, and a descriptor whose reader is gone (EPIPE, EBADF, ...)
- * drops every line from then on: the sidecar goes on leading or following without a log, as its
+ * past its bound drops the new line. A file on a full disk (ENOSPC, EDQUOT) drops the lines that
+ * did not fit and is written again with the next ones: space freed, logging goes on. A descriptor
+ * whose reader is gone (EPIPE, EBADF, ...) drops every line from then on: the sidecar goes on leading or following without a log, as its
  * HTTP API and metrics still tell (`leaderd_log_lines_dropped_total`). Exiting instead would make
  * a restarted log collector (journald, a container runtime) cost the election its primary.
  */
@@ -24,6 +25,8 @@ import { Socket } from 'node:net';
 
 /** How long to wait before writing again to a full non-blocking descriptor (EAGAIN). */
 const RETRY_FULL_MS = 100;
+/** A file system that is full now may not be later: these drop lines, not the descriptor. */
+const PASSING_ERRORS = new Set(['ENOSPC', 'EDQUOT']);
 
 export interface LineWriterOptions {
   readonly fd: number;
@@ -91,7 +94,9 @@ export class LineWriter {
     this.writing = true;
     this.sink(chunk, (error) => {
       this.inFlightBytes = 0;
-      if (error) {
+      if (error && PASSING_ERRORS.has(error.code ?? '')) {
+        this.dropped += lines;
+      } else if (error) {
         this.broken = error.code ?? error.message;
         this.dropped += lines + this.queue.length;
         this.queue = [];
@@ -136,15 +141,33 @@ function streamSink(fd: number): Sink {
   };
 }
 
-/** A file, a terminal, /dev/null: fs.write on the thread pool, retried on EAGAIN and partial writes. */
+/**
+ * A file, a terminal, /dev/null: fs.write on the thread pool, retried on EAGAIN and partial writes.
+ * A chunk cut off part way (the disk filled up) leaves a torn last line: the next chunk starts on a
+ * line of its own, so that only the torn line is unreadable.
+ */
 function fileSink(fd: number): Sink {
-  const writeAll = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void): void => {
+  let torn = false;
+  const writeAll = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void, started: boolean): void => {
     write(fd, chunk, (error, written) => {
-      if (error?.code === 'EAGAIN') return void setTimeout(() => writeAll(chunk, done), RETRY_FULL_MS).unref();
-      if (error) return done(error);
-      if (written < chunk.length) return writeAll(chunk.subarray(written), done);
+      if (error?.code === 'EAGAIN') return void setTimeout(() => writeAll(chunk, done, started), RETRY_FULL_MS).unref();
+      if (error) {
+        if (started) torn = true;
+        return done(error);
+      }
+      if (written < chunk.length) return writeAll(chunk.subarray(written), done, started || written > 0);
       done(null);
     });
   };
-  return writeAll;
+  return (chunk, done) => {
+    const whole = torn ? Buffer.concat([Buffer.from('\n'), chunk]) : chunk;
+    writeAll(
+      whole,
+      (error) => {
+        if (!error) torn = false;
+        done(error);
+      },
+      false,
+    );
+  };
 }
