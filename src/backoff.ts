@@ -11,6 +11,26 @@ export function backoffMs(firstMs: number, repetition: number, capMs: number): n
   return Math.min(capMs, firstMs * 2 ** Math.min(Math.max(repetition - 1, 0), 30));
 }
 
+/**
+ * The longest wait between two tries at opening a session: half the ttl, at most 5 s. It bounds
+ * how late a node rejoins once an unreachable backend answers again, and a cluster that lost its
+ * backend has no primary until some node does: the ttl is what the operator allowed a failover.
+ */
+export function maxReopenDelayMs(ttlMs: number): number {
+  return Math.min(ttlMs / 2, 5000);
+}
+
+/**
+ * How long to wait before trying to open a session again after `failures` tries in a row failed:
+ * `firstMs` (the renew pace) after the first, twice as long after each further one, at most
+ * `capMs` (maxReopenDelayMs), then up to a quarter less at random. An unreachable backend is asked
+ * a dozen times a minute instead of every second by every sidecar of a fleet, and the fleet does
+ * not come back in step when it returns (`random` is Math.random but in tests).
+ */
+export function reopenDelayMs(firstMs: number, failures: number, capMs: number, random: () => number = Math.random): number {
+  return backoffMs(firstMs, failures, Math.max(firstMs, capMs)) * (1 - random() / 4);
+}
+
 /** The first repeated line waits this long; each later one twice as long as the one before. */
 const FIRST_REPEAT_MS = 1000;
 /** At most this long between two lines about the same failure: 5 minutes. */
@@ -49,6 +69,11 @@ export class RepeatedWarning {
     this.suppressed = 0;
     this.lastErr = fields.err;
     this.nextLineAt = now + backoffMs(FIRST_REPEAT_MS, this.lines, MAX_REPEAT_MS);
+  }
+
+  /** Failures since the last recovery. */
+  get inARow(): number {
+    return this.failures;
   }
 
   recovered(): void {

@@ -27,7 +27,7 @@ import { NO_VIEW, SessionLostError, BackendConfigError } from './backend.js';
 import { monotonicMs, withTimeout } from './clock.js';
 import { LeaseDeadline, now, type Instant } from './lease.js';
 import type { Logger } from './log.js';
-import { RepeatedWarning } from './backoff.js';
+import { RepeatedWarning, reopenDelayMs } from './backoff.js';
 
 export type Role = 'primary' | 'replica' | 'unknown';
 export type TransitionEvent = 'promote' | 'demote' | 'leader-change';
@@ -38,6 +38,8 @@ export interface Timing {
   readonly renewIntervalMs: number;
   /** How long after the last successful renewal was sent this node may still act (< ttl). */
   readonly renewDeadlineMs: number;
+  /** The longest wait between two tries at opening a session (maxReopenDelayMs in backoff.ts). */
+  readonly maxReopenDelayMs: number;
 }
 
 export interface Status {
@@ -458,7 +460,7 @@ export class Elector {
       }
       this.openFailures.failed({ err: errorMessage(error) });
       this.reconcile('backend unreachable');
-      return this.retryDelayMs;
+      return reopenDelayMs(this.retryDelayMs, this.openFailures.inARow, timing.maxReopenDelayMs);
     }
     if (this.phase !== 'running') {
       void session.close().catch(() => undefined);
