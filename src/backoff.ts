@@ -12,23 +12,19 @@ export function backoffMs(firstMs: number, repetition: number, capMs: number): n
 }
 
 /**
- * The longest wait between two tries at opening a session: half the ttl, at most 5 s. It bounds
- * how late a node rejoins once an unreachable backend answers again, and a cluster that lost its
- * backend has no primary until some node does: the ttl is what the operator allowed a failover.
- */
-export function maxReopenDelayMs(ttlMs: number): number {
-  return Math.min(ttlMs / 2, 5000);
-}
-
-/**
  * How long to wait before trying to open a session again after `failures` tries in a row failed:
- * `firstMs` (the renew pace) after the first, twice as long after each further one, at most
- * `capMs` (maxReopenDelayMs), then up to a quarter less at random. An unreachable backend is asked
+ * `firstMs` (the renew pace) after the first, twice as long after each further one, at most half
+ * the lease and at most 5 s, then up to a quarter less at random. An unreachable backend is asked
  * a dozen times a minute instead of every second by every sidecar of a fleet, and the fleet does
- * not come back in step when it returns (`random` is Math.random but in tests).
+ * not come back in step when it returns (`random` is Math.random but in tests). Half the lease:
+ * the loop must still come round within a lease, or /liveness would call the sidecar hung (a try
+ * can take a renew interval, a third of the lease, on top). 5 s: the cap is also how late a node
+ * rejoins once the backend answers again, and a cluster whose backend was gone has no primary
+ * until some node does.
  */
-export function reopenDelayMs(firstMs: number, failures: number, capMs: number, random: () => number = Math.random): number {
-  return backoffMs(firstMs, failures, Math.max(firstMs, capMs)) * (1 - random() / 4);
+export function reopenDelayMs(firstMs: number, failures: number, leaseMs: number, random: () => number = Math.random): number {
+  const capMs = Math.max(firstMs, Math.min(leaseMs / 2, 5000));
+  return backoffMs(firstMs, failures, capMs) * (1 - random() / 4);
 }
 
 /** The first repeated line waits this long; each later one twice as long as the one before. */

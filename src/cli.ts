@@ -17,7 +17,7 @@ import { Member } from './member.js';
 import { Metrics } from './metrics.js';
 import { clusterCommand } from './cluster-command.js';
 import { checkCommands } from './preflight.js';
-import { PromoteFailures, maxReopenDelayMs } from './backoff.js';
+import { PromoteFailures } from './backoff.js';
 
 /** The longest leaderd waits, before exiting, for its last log lines to be written. */
 const LOG_FLUSH_MS = 1000;
@@ -51,7 +51,6 @@ async function run(config: Config): Promise<void> {
     ttlMs: config.leaseSeconds * 1000,
     renewIntervalMs: (config.leaseSeconds * 1000) / 3,
     renewDeadlineMs: config.renewDeadlineSeconds * 1000,
-    maxReopenDelayMs: maxReopenDelayMs(config.ttlSeconds * 1000),
   };
   const backend = await createBackend(config, log.child({ backend: config.backend }));
   let exiting = false;

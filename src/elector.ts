@@ -38,8 +38,6 @@ export interface Timing {
   readonly renewIntervalMs: number;
   /** How long after the last successful renewal was sent this node may still act (< ttl). */
   readonly renewDeadlineMs: number;
-  /** The longest wait between two tries at opening a session (maxReopenDelayMs in backoff.ts). */
-  readonly maxReopenDelayMs: number;
 }
 
 export interface Status {
@@ -460,7 +458,7 @@ export class Elector {
       }
       this.openFailures.failed({ err: errorMessage(error) });
       this.reconcile('backend unreachable');
-      return reopenDelayMs(this.retryDelayMs, this.openFailures.inARow, timing.maxReopenDelayMs);
+      return reopenDelayMs(this.retryDelayMs, this.openFailures.inARow, timing.ttlMs);
     }
     if (this.phase !== 'running') {
       void session.close().catch(() => undefined);

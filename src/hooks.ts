@@ -65,12 +65,14 @@ type HookTarget = 'command' | 'url';
 
 export class HookRunner {
   private readonly queue: Transition[] = [];
-  private running: { event: TransitionEvent; abort: AbortController } | null = null;
+  private running: { event: TransitionEvent; abort: AbortController; retry: boolean } | null = null;
   private drained: Promise<void> = Promise.resolve();
   private draining = false;
   private readonly http: HttpTarget | null;
   /** The failed leader-change waiting to run again, and how many times in a row it has failed. */
   private retry: { timer: NodeJS.Timeout | undefined; failures: number } = { timer: undefined, failures: 0 };
+  /** A failed leader-change put back in the queue by its timer, until it has run. */
+  private retried: Transition | null = null;
   private retrying = true;
 
   constructor(private readonly options: HookOptions) {
@@ -82,8 +84,8 @@ export class HookRunner {
       this.options.log.warn('demoting while the promote hook runs: cutting it short');
       this.running.abort.abort();
     }
-    // Newer news: a leader-change waiting to run again is out of date.
-    clearTimeout(this.retry.timer);
+    // Newer news: a leader-change running again is out of date, and must not hold it up.
+    this.dropRetry('newer news');
     this.retry = { timer: undefined, failures: 0 };
     this.push(transition);
   }
@@ -91,7 +93,23 @@ export class HookRunner {
   /** No failed leader-change runs again from now on (leaderd is shutting down). */
   stopRetrying(): void {
     this.retrying = false;
+    this.dropRetry('shutting down');
+  }
+
+  /**
+   * Forgets the failed leader-change waiting to run again, whether its timer has yet to fire or it
+   * waits in the queue; one already running again is killed at once (a hook may be killed at any
+   * time: its timeout does the same), so that the news behind it is not held up.
+   */
+  private dropRetry(why: string): void {
     clearTimeout(this.retry.timer);
+    if (this.running?.retry && !this.running.abort.signal.aborted) {
+      this.options.log.warn({ hook: this.running.event, reason: why }, 'cutting the leader-change hook run again short');
+      this.running.abort.abort();
+    }
+    const queued = this.retried;
+    this.retried = null;
+    if (queued) this.queue.splice(0, this.queue.length, ...this.queue.filter((t) => t !== queued));
   }
 
   private push(transition: Transition): void {
@@ -108,7 +126,11 @@ export class HookRunner {
       { hook: transition.event, failuresInARow: failures, retryInSeconds: delayMs / 1000, leader: transition.leader?.id ?? null },
       'the leader-change hook failed: running it again later',
     );
-    this.retry = { timer: setTimeout(() => this.push(transition), delayMs), failures };
+    const timer = setTimeout(() => {
+      this.retried = transition;
+      this.push(transition);
+    }, delayMs);
+    this.retry = { timer, failures };
   }
 
   /** Resolves when every transition enqueued so far has been handled. */
@@ -140,7 +162,9 @@ export class HookRunner {
     const targets: Array<[HookTarget, () => Promise<void>]> = [];
     if (argv) targets.push(['command', () => this.runExec(argv, facts, abort.signal)]);
     if (http) targets.push(['url', () => this.runHttp(http, facts, abort.signal)]);
-    this.running = { event, abort };
+    const retry = transition === this.retried;
+    if (retry) this.retried = null;
+    this.running = { event, abort, retry };
     const started = performance.now();
     let failure: string | null = null;
     for (const [target, run] of targets) {

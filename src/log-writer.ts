@@ -34,8 +34,11 @@ export interface LineWriterOptions {
   readonly maxQueuedBytes: number;
 }
 
-/** Writes one chunk whole, then calls `done`; at most one at a time. */
-type Sink = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void) => void;
+/**
+ * Writes one chunk whole, then calls `done`; at most one at a time. On an error, `written` is how
+ * much of the chunk got out before it (as far as the sink knows).
+ */
+type Sink = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null, written?: number) => void) => void;
 
 export class LineWriter {
   /** Lines dropped: queue full, or the descriptor gone. */
@@ -92,10 +95,11 @@ export class LineWriter {
     this.queuedBytes = 0;
     this.inFlightBytes = chunk.length;
     this.writing = true;
-    this.sink(chunk, (error) => {
+    this.sink(chunk, (error, written = 0) => {
       this.inFlightBytes = 0;
       if (error && PASSING_ERRORS.has(error.code ?? '')) {
-        this.dropped += lines;
+        // The lines whose newline got out were written whole.
+        this.dropped += lines - countNewlines(chunk.subarray(0, written));
       } else if (error) {
         this.broken = error.code ?? error.message;
         this.dropped += lines + this.queue.length;
@@ -105,6 +109,12 @@ export class LineWriter {
       this.writeQueued();
     });
   }
+}
+
+function countNewlines(bytes: Buffer): number {
+  let count = 0;
+  for (let at = bytes.indexOf(10); at >= 0; at = bytes.indexOf(10, at + 1)) count++;
+  return count;
 }
 
 function sinkFor(fd: number): Sink {
@@ -143,31 +153,27 @@ function streamSink(fd: number): Sink {
 
 /**
  * A file, a terminal, /dev/null: fs.write on the thread pool, retried on EAGAIN and partial writes.
- * A chunk cut off part way (the disk filled up) leaves a torn last line: the next chunk starts on a
- * line of its own, so that only the torn line is unreadable.
+ * A chunk cut off part way through a line (the disk filled up) leaves that line torn: the next
+ * chunk starts on a line of its own, so that only the torn line is unreadable.
  */
 function fileSink(fd: number): Sink {
   let torn = false;
-  const writeAll = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void, started: boolean): void => {
-    write(fd, chunk, (error, written) => {
-      if (error?.code === 'EAGAIN') return void setTimeout(() => writeAll(chunk, done, started), RETRY_FULL_MS).unref();
-      if (error) {
-        if (started) torn = true;
-        return done(error);
-      }
-      if (written < chunk.length) return writeAll(chunk.subarray(written), done, started || written > 0);
-      done(null);
-    });
-  };
   return (chunk, done) => {
+    // The newline that ends a torn line is not part of the chunk: `written` counts the chunk's bytes.
+    const prefix = torn ? 1 : 0;
     const whole = torn ? Buffer.concat([Buffer.from('\n'), chunk]) : chunk;
-    writeAll(
-      whole,
-      (error) => {
-        if (!error) torn = false;
-        done(error);
-      },
-      false,
-    );
+    const writeFrom = (offset: number): void => {
+      write(fd, whole, offset, whole.length - offset, null, (error, written) => {
+        if (error?.code === 'EAGAIN') return void setTimeout(() => writeFrom(offset), RETRY_FULL_MS).unref();
+        if (error) {
+          if (offset > 0 && whole[offset - 1] !== 10) torn = true;
+          return done(error, Math.max(0, offset - prefix));
+        }
+        if (offset + written < whole.length) return writeFrom(offset + written);
+        torn = false;
+        done(null);
+      });
+    };
+    writeFrom(0);
   };
 }

@@ -7,6 +7,7 @@ import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { newElection, scratchFile } from './conformance.js';
 import { until } from './chaos/world.js';
+import { reopenDelayMs } from '../src/backoff.js';
 import { Sidecar, type LogLine } from './harness/sidecar.js';
 
 /** A loopback port nothing listens on: connections to it are refused at once. */
@@ -42,7 +43,7 @@ describe('backing off', () => {
     expect(await node.stop()).toEqual({ code: 0, signal: null });
   });
 
-  it('tries at opening a session come further and further apart, up to half the ttl (at most 5 s)', async () => {
+  it('tries at opening a session come further and further apart, up to half the lease', async () => {
     // A backend that accepts every connection and drops it at once: each try shows as a connection
     // (the Consul client makes one or two at a time, at once).
     const tries: number[] = [];
@@ -54,21 +55,35 @@ describe('backing off', () => {
     await new Promise((resolve) => dropper.once('listening', resolve));
     try {
       const { port } = dropper.address() as { port: number };
-      const node = await Sidecar.start('backoff-reopen', ['--backend', 'consul', '--consul-addr', `http://127.0.0.1:${port}`, '--election', newElection()]);
-      const fiveTries = await until(() => tries.length >= 5, 30000);
-      expect(fiveTries).toBe(true);
-      // 1 s (the renew pace: a third of Consul's 3 s lease), then doubling up to 5 s (half the
-      // 10 s ttl), each up to a quarter shorter at random; a loaded machine may add, never take away.
-      const gaps = tries.slice(1, 5).map((at, i) => (at - tries[i]!) / 1000);
-      const nominal = [1, 2, 4, 5];
+      const lease = ['--ttl', '10', '--consul-check-ttl', '6'];
+      const node = await Sidecar.start('backoff-reopen', ['--backend', 'consul', '--consul-addr', `http://127.0.0.1:${port}`, '--election', newElection(), ...lease]);
+      const sixTries = await until(() => tries.length >= 6, 30000);
+      expect(sixTries).toBe(true);
+      // 1 s (the renew pace, at most 1 s), then doubling up to 3 s (half the 6 s lease), each up
+      // to a quarter shorter at random; a loaded machine may add to each, never take away. Without
+      // the cap the last two would be 6-8 s and 12-16 s.
+      const gaps = tries.slice(1, 6).map((at, i) => (at - tries[i]!) / 1000);
+      const nominal = [1, 2, 3, 3, 3];
       gaps.forEach((gap, i) => {
-        expect(gap, `try ${i + 2} came ${gap} s after the one before: ${gaps.join(', ')}`).toBeGreaterThanOrEqual(nominal[i]! * 0.75 - 0.05);
-        expect(gap, `try ${i + 2} came ${gap} s after the one before: ${gaps.join(', ')}`).toBeLessThanOrEqual(nominal[i]! + 2);
+        const said = `try ${i + 2} came ${gap} s after the one before: ${gaps.join(', ')}`;
+        expect(gap, said).toBeGreaterThanOrEqual(nominal[i]! * 0.75 - 0.05);
+        expect(gap, said).toBeLessThanOrEqual(nominal[i]! + 1.5);
       });
+      // Meanwhile the loop came round within every lease: the sidecar stayed alive.
+      expect((await node.fetch('/liveness')).status).toBe(200);
       expect(await node.stop()).toEqual({ code: 0, signal: null });
     } finally {
       dropper.close();
     }
+  });
+
+  it('the wait before the next try: doubling from the renew pace, capped at half the lease (at most 5 s), up to a quarter less at random', () => {
+    const waits = (leaseMs: number, random: number) => [1, 2, 3, 4, 5, 30].map((failures) => reopenDelayMs(1000, failures, leaseMs, () => random));
+    expect(waits(60000, 0)).toEqual([1000, 2000, 4000, 5000, 5000, 5000]);
+    expect(waits(6000, 0)).toEqual([1000, 2000, 3000, 3000, 3000, 3000]);
+    expect(waits(6000, 1)).toEqual([750, 1500, 2250, 2250, 2250, 2250]);
+    // A lease so short that half of it is below the renew pace: the renew pace, never less.
+    expect(reopenDelayMs(1000, 5, 1500, () => 0)).toBe(1000);
   });
 
   it('a promote hook that keeps failing doubles the hold-off each time, until another node leads', async () => {

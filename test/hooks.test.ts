@@ -157,6 +157,23 @@ describe('hooks: a failed leader-change runs again', () => {
     expect(replica.logs.filter((l) => l.msg === 'hook output')).toHaveLength(3);
   });
 
+  it('newer news cuts a slow leader-change that is running again short: the promote behind it starts at once', async () => {
+    const election = newElection();
+    const primary = await start('hooks-slow-a', [], 2, election);
+    await primary.waitForRole('primary', 10000);
+    const counter = join(dir, `leader-change-runs-${election}`);
+    // Following the primary takes 5 s and fails, every time.
+    const follow = `/bin/sh ${FLAKY_HOOK} 1000 ${counter} 5`;
+    const replica = await start('hooks-slow-b', ['--on-leader-change', follow, '--on-promote', 'true'], 2, election);
+    await replica.waitForLog((l) => l.msg === 'hook output' && String(l.line).startsWith('run 2 '), 15000, 'the leader-change running again');
+    await primary.stop();
+    const promoted = await replica.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'promote', 15000, 'the promote hook');
+    const leading = replica.logs.find((l) => l.msg === 'role: primary')!;
+    // Not held up by the rest of the 5 s run.
+    expect(Date.parse(String(promoted.time)) - Date.parse(String(leading.time))).toBeLessThan(2500);
+    expect(replica.logs.filter((l) => l.msg === 'cutting the leader-change hook run again short').map((l) => l.reason)).toEqual(['newer news']);
+  });
+
   it('newer news cancels the retry: a leader-change for a leader that has gone is not run again', async () => {
     const election = newElection();
     const primary = await start('hooks-stale-a', [], 2, election);
