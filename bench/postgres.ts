@@ -13,7 +13,8 @@
  * only the new node's count as back). The leaderd rounds also run the example's own writer
  * (examples/postgres/writer.mjs, which asks the sidecars who leads and fences by token) next to the
  * bench writer, through the same faults, as extra rows. Prints a report and writes it to
- * bench/results/postgres-vs-patroni-<date>.md (bench/tmp/ when rounds < 3 or a section failed).
+ * bench/results/postgres-vs-patroni-<date>.md (-<N>-rounds.md for other than 3; bench/tmp/ when rounds < 3 or a
+ * section failed).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -379,6 +380,8 @@ async function main(): Promise<void> {
     `- Patroni ${'3.0.2'} (Debian): ttl ${PATRONI_TIMING.ttl}, loop_wait ${PATRONI_TIMING.loopWait}, retry_timeout ${PATRONI_TIMING.retryTimeout}, maximum_lag_on_failover 1 MiB, use_pg_rewind, use_slots; synchronous_mode for the synchronous rows.`,
     `- PostgreSQL 15 (Debian), three servers per system on loopback, the example's settings for both: data checksums, wal_keep_size 256MB, wal_retrieve_retry_interval 500ms, fsync off`,
     `  (processes are killed, never the host). leaderd synchronous: synchronous_standby_names = 'ANY 1 (the others)'.`,
+    `  The issue's reference figures for Patroni (rejoin 6.4 s) ran PostgreSQL's default wal_retrieve_retry_interval, 5 s, which a`,
+    `  rejoining replica waits between tries while the new primary has not made its replication slot yet: both systems here retry every 0.5 s.`,
     `- The leaderd rounds run the example's writer.mjs next to pg-writer, through the same faults (50 more commits a second on the primary).`,
     `- Machine: ${machine()}; load average ${loadBefore} at the start, ${loadAfter} at the end (other work shared the machine).`,
     `- The run took ${minutes} minutes.`,
@@ -387,7 +390,7 @@ async function main(): Promise<void> {
   if (errors.length > 0) lines.push('', '## Failed sections', '', ...errors.map((e) => `- ${e.replace(/\n/g, '\n  ')}`));
   const text = `${lines.join('\n')}\n`;
   console.log(text);
-  console.log(`written to ${writeReport(`postgres-vs-patroni-${today()}.md`, text, ROUNDS >= 3 && errors.length === 0)}`);
+  console.log(`written to ${writeReport(`postgres-vs-patroni-${today()}${ROUNDS === 3 ? '' : `-${ROUNDS}-rounds`}.md`, text, ROUNDS >= 3 && errors.length === 0)}`);
 }
 
 await main();
