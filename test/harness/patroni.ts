@@ -7,9 +7,8 @@
  * matter for timing are PgCluster's (examples/postgres/init-primary.sh), so that the two
  * clusters differ in who fails them over, not in how PostgreSQL is tuned.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
