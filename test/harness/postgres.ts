@@ -199,6 +199,8 @@ export class PgNode {
 export interface PgClusterOptions {
   /** synchronous_standby_names = 'ANY 1 (the others)' on the primary (PG_SYNCHRONOUS=on). */
   readonly synchronous: boolean;
+  /** The sidecars' --ttl in seconds, instead of the deployment's or TTL_SECONDS (a benchmark's). */
+  readonly ttlSeconds?: number;
 }
 
 /** Three members, db1 the first primary; sidecars on the deployment's first server. */
@@ -209,6 +211,8 @@ export class PgCluster {
     readonly deployment: Deployment,
     readonly dir: string,
     readonly nodes: readonly PgNode[],
+    /** PgClusterOptions.ttlSeconds. */
+    readonly ttlSeconds?: number,
   ) {}
 
   static async start(deployment: Deployment, options: PgClusterOptions): Promise<PgCluster> {
@@ -230,7 +234,7 @@ export class PgCluster {
         }),
       );
     }
-    const cluster = new PgCluster(deployment, dir, nodes);
+    const cluster = new PgCluster(deployment, dir, nodes, options.ttlSeconds);
     try {
       const [first, ...others] = nodes as [PgNode, ...PgNode[]];
       await first.script('init-primary.sh');
@@ -262,10 +266,11 @@ export class PgCluster {
     // At least 4 s: with three PostgreSQL servers, a writer and a loaded 2-core machine, a 2 s
     // lease is now and then lost to a starved event loop, which is a real failover but not the one
     // a test means. (A flag given twice is refused: the deployment's --ttl is replaced.)
-    if (this.deployment.ttlSeconds < TTL_SECONDS) {
+    const ttl = this.ttlSeconds ?? (this.deployment.ttlSeconds < TTL_SECONDS ? TTL_SECONDS : undefined);
+    if (ttl !== undefined) {
       const at = backend.indexOf('--ttl');
       if (at >= 0) backend.splice(at, 2);
-      backend.push('--ttl', String(TTL_SECONDS));
+      backend.push('--ttl', String(ttl));
     }
     // leaderd.sh listens where LEADERD_HTTP says, so that its hooks can ask the sidecar.
     const env = { ...node.env, LEADERD_ADMIN_TOKEN: ADMIN_TOKEN, LEADERD_HTTP: `127.0.0.1:${await freePort()}` };
