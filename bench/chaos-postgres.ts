@@ -63,7 +63,7 @@ export async function runPostgresChaos(options: PostgresChaosOptions): Promise<n
         results.push(result);
         failedInARow = 0;
         const problems = [...result.violations, ...result.problems, ...(result.lost.length ? [`${result.lost.length} acknowledged commits lost`] : [])];
-        const downtime = result.downtimeMs === null ? 'no writes' : `writes stopped ${Math.round(result.downtimeMs)} ms${result.newPrimary ? ' (new primary)' : ''}`;
+        const downtime = result.downtimeMs === null ? 'no writes' : `writes stopped ${Math.round(result.downtimeMs)} ms${result.newPrimary ? ' (new term)' : ''}`;
         const rejoin = result.rejoinMs === null ? `REJOIN FAILED: ${result.rejoinError}` : `rejoined in ${Math.round(result.rejoinMs)} ms`;
         console.error(`postgres ${backend} #${n + 1}/${trials} ${fault.kind}: ${downtime}, ${rejoin} (${Math.round((Date.now() - trialStarted) / 1000)} s)${problems.length ? ` PROBLEMS: ${problems.join('; ')}` : ''}`);
         if (problems.length || result.rejoinError || (result.downtimeMs ?? Infinity) > dumpSlowerThanMs) console.error(`  the nodes' logs: ${world.dumpLogs()}`);
@@ -149,7 +149,7 @@ function render(
     `| other problems: a switchover not answered 200, no commit within 60 s, a sidecar exiting on its own (must be 0) | ${problems.length} |`,
     `| stale windows after a thaw, fenced by a larger token | ${stale.length} (max ${ms(Math.max(0, ...stale))} ms) |`,
     '',
-    '| fault | trials | new primary | write downtime p50 ms | p99 ms | max ms | rejoin p50 ms | p99 ms |',
+    '| fault | trials | new term | write downtime p50 ms | p99 ms | max ms | rejoin p50 ms | p99 ms |',
     '|---|---:|---:|---:|---:|---:|---:|---:|',
   ];
   for (const fault of PG_FAULTS) {
@@ -164,7 +164,7 @@ function render(
   }
   lines.push(
     '',
-    '"Write downtime" runs from the last commit acknowledged before the fault to the first acknowledged by the new primary, or, when the primary kept its term, is the largest gap between acknowledgements until the first after the fault. "Rejoin" runs from the restart of what was killed (else the fault\'s end) until both other servers stream from the primary.',
+    '"New term": the first commit after the fault was acknowledged under a larger fencing token (a new primary, or the old one elected again). "Write downtime" runs from the last commit acknowledged before the fault to the first acknowledged by the new primary, or, when the primary kept its term, is the largest gap between acknowledgements until the first after the fault. "Rejoin" runs from the restart of what was killed (else the fault\'s end) until both other servers stream from the primary.',
   );
   if (overlaps.length + lost.length + problems.length + failures.length + rejoinFailures.length) lines.push('', 'Problems:');
   for (const problem of [
