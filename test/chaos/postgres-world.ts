@@ -10,7 +10,10 @@
  *    hook starts, so a term here is, if anything, longer than the application's;
  *  - a `role: ...` line whose previousRole is primary is the demote hook being queued (`demote`),
  *    and the end of that hook, `hook succeeded` or `hook failed` with hook `demote`, ends the term
- *    (`demote-done`): PostgreSQL has stopped taking writes only once demote.sh has returned;
+ *    (`demote-done`): PostgreSQL has stopped taking writes only once demote.sh has returned. The
+ *    hook may start after it was queued (hooks run one at a time): a `hook succeeded` line gives
+ *    its run time, so the `demote` is moved to when the hook started, which is what the
+ *    checker's bound on a stale window (thaw → demote start) is about;
  *  - the harness's `killed` (sidecar and whole server, kill -9) ends a term, and `frozen` and
  *    `thawed` (sidecar and every PostgreSQL process stopped) cut it, as in the fixture world.
  * Each node's sidecars are kept once stopped, so the terms of a killed sidecar stay in the log.
@@ -115,7 +118,16 @@ export class PgWorld {
   records(): HookRecord[] {
     const records = [...this.notes];
     for (const [node, sidecars] of this.sidecars) {
-      for (const sidecar of sidecars) for (const line of sidecar.logs) records.push(...recordsOf(node.id, line));
+      for (const sidecar of sidecars) {
+        let demote: HookRecord | undefined;
+        for (const line of sidecar.logs) {
+          for (const record of recordsOf(node.id, line)) {
+            if (record.LEADERD_EVENT === 'demote') demote = record;
+            if (record.LEADERD_EVENT === 'demote-done' && demote && typeof line.seconds === 'number') demote.at = Math.max(demote.at, record.at - line.seconds * 1000);
+            records.push(record);
+          }
+        }
+      }
     }
     return records.sort((a, b) => a.at - b.at);
   }
