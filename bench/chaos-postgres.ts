@@ -51,6 +51,15 @@ export async function runPostgresChaos(options: PostgresChaosOptions): Promise<n
   let world: PgWorld | undefined;
   let acks: readonly Ack[] = [];
   let loadAtStart = loadavg()[0]!;
+  // PostgreSQL runs as daemons, not as children of this process: an interrupted run stops its
+  // cluster, or the servers would outlive it.
+  const interrupted = (signal: NodeJS.Signals) => {
+    console.error(`chaos: ${signal}: stopping the cluster`);
+    void Promise.resolve(world?.stop())
+      .finally(() => deployment.stop())
+      .finally(() => process.exit(130));
+  };
+  process.once('SIGINT', interrupted).once('SIGTERM', interrupted);
   try {
     world = await PgWorld.start(deployment, synchronous);
     loadAtStart = world.loadAtStart;
