@@ -85,8 +85,7 @@ export class PgWorld {
   /** kill -9 of the whole node, sidecar and PostgreSQL; its term (if any) ends when they are gone. */
   async kill(node: PgNode): Promise<void> {
     if (node.sidecar) this.expectedExits.add(node.sidecar);
-    await this.pg.killNode(node);
-    this.note(node, 'killed');
+    await this.pg.killNode(node, () => this.note(node, 'killed'));
   }
 
   /** kill -9 of a node's sidecar alone (a replica stuck after a failed hook); PostgreSQL runs on. */

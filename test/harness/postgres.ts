@@ -321,10 +321,20 @@ export class PgCluster {
     return node.sidecar;
   }
 
-  /** The whole node down at once, as a crashed host: its sidecar and its server, kill -9. */
-  async killNode(node: PgNode): Promise<void> {
+  /**
+   * The whole node down at once, as a crashed host: its sidecar and its server, kill -9.
+   * `killed` is called as soon as nothing of the node can act any more: the sidecar has exited,
+   * and every PostgreSQL process was stopped and sent SIGKILL (killPostgres signals before it
+   * first waits). Waiting until they are reaped takes a second more, and on the local backend a
+   * successor is promoted within tens of milliseconds of the sidecar's death: a term's end taken
+   * after the reaping made the chaos run's checker see overlaps that never were.
+   */
+  async killNode(node: PgNode, killed?: () => void): Promise<void> {
     node.sidecar?.signal('SIGKILL');
-    await Promise.all([node.sidecar?.exited, node.killPostgres()]);
+    const postgresGone = node.killPostgres();
+    await node.sidecar?.exited;
+    killed?.();
+    await postgresGone;
     node.sidecar = null;
   }
 
