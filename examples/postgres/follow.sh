@@ -21,6 +21,20 @@ if running; then
   pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null
 fi
 
+# A replica that crashed (kill -9, its host down) must finish its crash recovery before pg_rewind
+# can read it. pg_rewind would run that recovery in single-user mode, which refuses a standby
+# ("standby mode is not supported by single-user servers"), and the fallback below, a fresh copy
+# of the leader, costs as much as the whole database: the chaos run's killed replicas all took it.
+# So it is started as the standby it is, with no primary to stream from (nothing new arrives),
+# until it is consistent, then stopped cleanly ("shut down in recovery", which pg_rewind accepts).
+# A standby writes no WAL of its own: pg_rewind then compares the histories as they were. A
+# server that cannot get consistent on its own WAL is stopped again and left to pg_rewind.
+if [ -f "$PGDATA/standby.signal" ] && ! pg_controldata "$PGDATA" | grep -q '^Database cluster state: *shut down'; then
+  pg_ctl start -D "$PGDATA" -l "$PG_LOG" -o "-p $PGPORT -c primary_conninfo=''" -w -t 60 >/dev/null || true
+  pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null || pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null || true
+  echo "crash recovery done"
+fi
+
 # leaderd names the leader as soon as it comes first, before its promote hook has run. Rewinding
 # against a server that is still a replica would find nothing to rewind, then fail to follow it
 # once its promotion forks the history below this node's WAL: wait for the promotion. A member

@@ -93,7 +93,7 @@ export class PatroniCluster {
     for (const name of ['pg1', 'pg2', 'pg3']) {
       const [port, restPort] = [await freePort(), await freePort()];
       const dataDir = join(dir, name);
-      const member = new PatroniMember(new PgNode(name, port, dataDir, {}), restPort, join(dir, `${name}.yml`), join(dir, `${name}.patroni.log`));
+      const member = new PatroniMember(new PgNode(name, port, dataDir, {}, `127.0.0.1:${restPort}`), restPort, join(dir, `${name}.yml`), join(dir, `${name}.patroni.log`));
       members.push(member);
     }
     const cluster = new PatroniCluster(dir, members);
