@@ -29,7 +29,7 @@ fi
 # until it is consistent, then stopped cleanly ("shut down in recovery", which pg_rewind accepts).
 # A standby writes no WAL of its own: pg_rewind then compares the histories as they were. A
 # server that cannot get consistent on its own WAL is stopped again and left to pg_rewind.
-if [ -f "$PGDATA/standby.signal" ] && ! pg_controldata "$PGDATA" | grep -q '^Database cluster state: *shut down'; then
+if [ ! -f "$PGDATA.copying" ] && [ -f "$PGDATA/standby.signal" ] && ! pg_controldata "$PGDATA" | grep -q '^Database cluster state: *shut down'; then
   pg_ctl start -D "$PGDATA" -l "$PG_LOG" -o "-p $PGPORT -c primary_conninfo=''" -w -t 60 >/dev/null || true
   pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null || pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null || true
   echo "crash recovery done"
@@ -51,12 +51,22 @@ done
 # its next checkpoint: ask for one, or pg_rewind may see the old timeline and rewind to the wrong point.
 psql -XAtq -d "$conninfo" -c checkpoint
 # -R (--write-recovery-conf) leaves standby.signal and primary_conninfo for the leader.
-if pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
+# leaderd runs this hook again when it fails: a fresh copy cut off part way (the leader went,
+# say) is marked by $PGDATA.copying, and is neither rewound nor set aside on the next run. The
+# data set aside before it, in $PGDATA.old, is this node's own and stays where it is.
+if [ -f "$PGDATA.copying" ]; then
+  echo "the last copy did not finish: copying $LEADERD_LEADER_ID afresh"
+  rm -rf "$PGDATA"
+elif pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
   echo "pg_rewind done"
 else
   echo "pg_rewind failed: copying $LEADERD_LEADER_ID afresh"
   rm -rf "$PGDATA.old" && mv "$PGDATA" "$PGDATA.old"
+fi
+if [ ! -d "$PGDATA" ]; then
+  touch "$PGDATA.copying"
   pg_basebackup -D "$PGDATA" -d "$conninfo" -R -X stream -c fast
+  rm "$PGDATA.copying"
 fi
 start_postgres
 echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"
