@@ -4,6 +4,11 @@
  *
  *   npm run chaos -- --backend etcd --trials 200 [--topology single|cluster|both] [--seed N]
  *                    [--fault KIND] [--dump-slower-than MS]
+ *   npm run chaos -- --app postgres --backend etcd --trials 50 [--replication sync|async] [--seed N]
+ *                    [--fault KIND] [--dump-slower-than MS]
+ *
+ * `--app fixture` (the default) is the run described here; `--app postgres` fails over a real
+ * PostgreSQL cluster instead, on one server (bench/chaos-postgres.ts).
  *
  * Prints a table (trials, faults by kind, overlaps, lost promotions, failed fault checks,
  * failover p50/p99/max per fault kind), writes it to bench/results/chaos-<date>-<backend>.md (a
@@ -17,10 +22,11 @@ import { BACKENDS, TOPOLOGIES, serverCount, startDeployment, type BackendName, t
 import { FAULTS, runTrial, seededRandom, type TrialResult } from '../test/chaos/faults.js';
 import { ChaosWorld } from '../test/chaos/world.js';
 import { Sidecar } from '../test/harness/sidecar.js';
+import { postgresFaultKinds, runPostgresChaos } from './chaos-postgres.js';
 import { machine, percentile, today, writeReport } from './report.js';
 
 const USAGE =
-  'usage: npm run chaos -- --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--seed N] [--fault KIND] [--dump-slower-than MS]';
+  'usage: npm run chaos -- [--app fixture|postgres] --backend local|etcd|zookeeper|consul [--trials N] [--topology single|cluster|both] [--replication sync|async] [--seed N] [--fault KIND] [--dump-slower-than MS]';
 
 interface Failure {
   topology: Topology;
@@ -31,6 +37,8 @@ interface Failure {
 function options() {
   const { values } = parseArgs({
     options: {
+      app: { type: 'string', default: 'fixture' },
+      replication: { type: 'string', default: 'sync' },
       backend: { type: 'string' },
       trials: { type: 'string', default: '200' },
       topology: { type: 'string', default: 'both' },
@@ -49,21 +57,29 @@ function options() {
   if (!BACKENDS.includes(backend)) throw new Error(`--backend must be one of ${BACKENDS.join(', ')}`);
   const trials = Number(values.trials);
   if (!Number.isInteger(trials) || trials < 1) throw new Error('--trials must be a positive integer');
+  const app = values.app;
+  if (app !== 'fixture' && app !== 'postgres') throw new Error('--app must be fixture or postgres');
+  if (app === 'postgres' && values.topology === 'cluster') throw new Error('--app postgres runs on one server: --topology single');
+  if (values.replication !== 'sync' && values.replication !== 'async') throw new Error('--replication must be sync or async');
+  if (app === 'fixture' && values.replication !== 'sync') throw new Error('--replication is for --app postgres');
+  const synchronous = values.replication === 'sync';
   const topologies: Topology[] =
     backend === 'local' ? ['single'] : values.topology === 'both' ? [...TOPOLOGIES] : [values.topology as Topology];
   if (!topologies.every((t) => TOPOLOGIES.includes(t))) throw new Error('--topology must be single, cluster or both');
   const seed = Number(values.seed);
   if (!Number.isInteger(seed)) throw new Error('--seed must be an integer');
   const only = values.fault;
-  if (only !== undefined && !FAULTS.some((f) => f.kind === only)) throw new Error(`--fault must be one of ${FAULTS.map((f) => f.kind).join(', ')}`);
+  const kinds = app === 'postgres' ? postgresFaultKinds() : FAULTS.map((f) => f.kind);
+  if (only !== undefined && !kinds.includes(only)) throw new Error(`--fault must be one of ${kinds.join(', ')}`);
   const dumpSlowerThanMs = values['dump-slower-than'] === undefined ? Infinity : Number(values['dump-slower-than']);
   if (!(dumpSlowerThanMs >= 0)) throw new Error('--dump-slower-than must be a number of milliseconds');
   const whole = only === undefined && topologies.length === (backend === 'local' ? 1 : TOPOLOGIES.length);
-  return { backend, trials, topologies, seed, only, dumpSlowerThanMs, whole };
+  return { app, synchronous, backend, trials, topologies, seed, only, dumpSlowerThanMs, whole };
 }
 
 async function run(): Promise<number> {
-  const { backend, trials, topologies, seed, only, dumpSlowerThanMs, whole } = options();
+  const { app, synchronous, backend, trials, topologies, seed, only, dumpSlowerThanMs, whole } = options();
+  if (app === 'postgres') return runPostgresChaos({ backend, trials, seed, synchronous, ...(only === undefined ? {} : { only }), dumpSlowerThanMs });
   const rng = seededRandom(seed);
   const results: Array<TrialResult & { topology: Topology }> = [];
   const failures: Failure[] = [];

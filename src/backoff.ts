@@ -11,6 +11,22 @@ export function backoffMs(firstMs: number, repetition: number, capMs: number): n
   return Math.min(capMs, firstMs * 2 ** Math.min(Math.max(repetition - 1, 0), 30));
 }
 
+/**
+ * How long to wait before trying to open a session again after `failures` tries in a row failed:
+ * `firstMs` (the renew pace) after the first, twice as long after each further one, at most half
+ * the lease and at most 5 s, then up to a quarter less at random. An unreachable backend is asked
+ * a dozen times a minute instead of every second by every sidecar of a fleet, and the fleet does
+ * not come back in step when it returns (`random` is Math.random but in tests). Half the lease:
+ * the loop must still come round within a lease, or /liveness would call the sidecar hung (a try
+ * can take a renew interval, a third of the lease, on top). 5 s: the cap is also how late a node
+ * rejoins once the backend answers again, and a cluster whose backend was gone has no primary
+ * until some node does.
+ */
+export function reopenDelayMs(firstMs: number, failures: number, leaseMs: number, random: () => number = Math.random): number {
+  const capMs = Math.max(firstMs, Math.min(leaseMs / 2, 5000));
+  return backoffMs(firstMs, failures, capMs) * (1 - random() / 4);
+}
+
 /** The first repeated line waits this long; each later one twice as long as the one before. */
 const FIRST_REPEAT_MS = 1000;
 /** At most this long between two lines about the same failure: 5 minutes. */
@@ -49,6 +65,11 @@ export class RepeatedWarning {
     this.suppressed = 0;
     this.lastErr = fields.err;
     this.nextLineAt = now + backoffMs(FIRST_REPEAT_MS, this.lines, MAX_REPEAT_MS);
+  }
+
+  /** Failures since the last recovery. */
+  get inARow(): number {
+    return this.failures;
   }
 
   recovered(): void {

@@ -59,6 +59,7 @@ async function run(config: Config): Promise<void> {
     exiting = true;
     log.info({ reason }, 'shutting down');
     member.stop();
+    hooks.stopRetrying();
     await elector.stop();
     server?.closeAllConnections();
     server?.close();

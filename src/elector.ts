@@ -27,7 +27,7 @@ import { NO_VIEW, SessionLostError, BackendConfigError } from './backend.js';
 import { monotonicMs, withTimeout } from './clock.js';
 import { LeaseDeadline, now, type Instant } from './lease.js';
 import type { Logger } from './log.js';
-import { RepeatedWarning } from './backoff.js';
+import { RepeatedWarning, reopenDelayMs } from './backoff.js';
 
 export type Role = 'primary' | 'replica' | 'unknown';
 export type TransitionEvent = 'promote' | 'demote' | 'leader-change';
@@ -458,7 +458,7 @@ export class Elector {
       }
       this.openFailures.failed({ err: errorMessage(error) });
       this.reconcile('backend unreachable');
-      return this.retryDelayMs;
+      return reopenDelayMs(this.retryDelayMs, this.openFailures.inARow, timing.ttlMs);
     }
     if (this.phase !== 'running') {
       void session.close().catch(() => undefined);

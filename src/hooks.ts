@@ -12,11 +12,19 @@
  * leader-change is news every target must hear, so each runs whatever the others did. A promote
  * stops at its first failed target: the rest of the application must not act on a promotion that
  * did not happen.
+ *
+ * A failed leader-change is run again, 1 s, 2 s, 4 s, ... at most a minute apart, until it succeeds
+ * or newer news comes (any transition): a replica that could not follow its new primary once (the
+ * primary still starting, a copy that failed half way) would otherwise stay behind until the
+ * next change of leader, which may be weeks away. A failed promote is the elector's to handle (it
+ * resigns); a failed demote is not run again, since its term is over and a successor may lead by
+ * the time a retry came.
  */
 import type { Transition, TransitionEvent } from './elector.js';
 import { errorMessage } from './elector.js';
 import type { Logger } from './log.js';
 import { inheritedEnvironment, runCommand } from './command.js';
+import { backoffMs } from './backoff.js';
 
 /** What a hook is told, as environment variables (exec) or as a JSON body (HTTP). */
 export interface HookFacts {
@@ -49,15 +57,23 @@ export interface HookOptions {
 
 /** Grace between SIGTERM and SIGKILL for an exec hook that overran. */
 const KILL_GRACE_MS = 5000;
+/** A failed leader-change hook runs again after 1 s, then twice as long each time, at most a minute. */
+const FIRST_RETRY_MS = 1000;
+const MAX_RETRY_MS = 60_000;
 
 type HookTarget = 'command' | 'url';
 
 export class HookRunner {
   private readonly queue: Transition[] = [];
-  private running: { event: TransitionEvent; abort: AbortController } | null = null;
+  private running: { event: TransitionEvent; abort: AbortController; retry: boolean } | null = null;
   private drained: Promise<void> = Promise.resolve();
   private draining = false;
   private readonly http: HttpTarget | null;
+  /** The failed leader-change waiting to run again, and how many times in a row it has failed. */
+  private retry: { timer: NodeJS.Timeout | undefined; failures: number } = { timer: undefined, failures: 0 };
+  /** A failed leader-change put back in the queue by its timer, until it has run. */
+  private retried: Transition | null = null;
+  private retrying = true;
 
   constructor(private readonly options: HookOptions) {
     this.http = options.url === null ? null : httpTarget(options.url);
@@ -68,8 +84,53 @@ export class HookRunner {
       this.options.log.warn('demoting while the promote hook runs: cutting it short');
       this.running.abort.abort();
     }
+    // Newer news: a leader-change running again is out of date, and must not hold it up.
+    this.dropRetry('newer news');
+    this.retry = { timer: undefined, failures: 0 };
+    this.push(transition);
+  }
+
+  /** No failed leader-change runs again from now on (leaderd is shutting down). */
+  stopRetrying(): void {
+    this.retrying = false;
+    this.dropRetry('shutting down');
+  }
+
+  /**
+   * Forgets the failed leader-change waiting to run again, whether its timer has yet to fire or it
+   * waits in the queue; one already running again is killed at once (a hook may be killed at any
+   * time: its timeout does the same), so that the news behind it is not held up.
+   */
+  private dropRetry(why: string): void {
+    clearTimeout(this.retry.timer);
+    if (this.running?.retry && !this.running.abort.signal.aborted) {
+      this.options.log.warn({ hook: this.running.event, reason: why }, 'cutting the leader-change hook run again short');
+      this.running.abort.abort();
+    }
+    const queued = this.retried;
+    this.retried = null;
+    if (queued) this.queue.splice(0, this.queue.length, ...this.queue.filter((t) => t !== queued));
+  }
+
+  private push(transition: Transition): void {
     this.queue.push(transition);
     if (!this.draining) this.drained = this.drain();
+  }
+
+  /** Runs a failed leader-change again later, unless newer news is already waiting. */
+  private retryLater(transition: Transition): void {
+    if (!this.retrying || this.queue.length > 0) return;
+    const failures = this.retry.failures + 1;
+    const delayMs = backoffMs(FIRST_RETRY_MS, failures, MAX_RETRY_MS);
+    this.options.log.warn(
+      { hook: transition.event, failuresInARow: failures, retryInSeconds: delayMs / 1000, leader: transition.leader?.id ?? null },
+      'the leader-change hook failed: running it again later',
+    );
+    const timer = setTimeout(() => {
+      this.retried = transition;
+      this.push(transition);
+    }, delayMs);
+    this.retry = { timer, failures };
   }
 
   /** Resolves when every transition enqueued so far has been handled. */
@@ -101,7 +162,9 @@ export class HookRunner {
     const targets: Array<[HookTarget, () => Promise<void>]> = [];
     if (argv) targets.push(['command', () => this.runExec(argv, facts, abort.signal)]);
     if (http) targets.push(['url', () => this.runHttp(http, facts, abort.signal)]);
-    this.running = { event, abort };
+    const retry = transition === this.retried;
+    if (retry) this.retried = null;
+    this.running = { event, abort, retry };
     const started = performance.now();
     let failure: string | null = null;
     for (const [target, run] of targets) {
@@ -121,9 +184,11 @@ export class HookRunner {
     this.options.listener?.hookRun?.(event, seconds, failure !== null);
     if (failure === null) {
       this.options.log.info({ hook: event, fencingToken: facts.fencingToken, seconds: Math.round(seconds * 1000) / 1000 }, 'hook succeeded');
+      this.retry.failures = 0;
       return;
     }
     if (event === 'promote' && !abort.signal.aborted) this.options.promoteFailed(`promote hook failed: ${failure}`);
+    if (event === 'leader-change') this.retryLater(transition);
   }
 
   private facts({ event, role, leader }: Transition): HookFacts {

@@ -14,8 +14,9 @@
  * event loop, not in a thread; to a file or a terminal with fs.write. Not fs.write for pipes: a
  * write blocked in the thread pool on a full pipe is joined when the process exits, so a
  * stalled reader would hang the exit after SIGTERM instead. A queue
- * past its bound drops the new line, and a descriptor whose reader is gone (EPIPE, EBADF, ...)
- * drops every line from then on: the sidecar goes on leading or following without a log, as its
+ * past its bound drops the new line. A file on a full disk (ENOSPC, EDQUOT) drops the lines that
+ * did not fit and is written again with the next ones: space freed, logging goes on. A descriptor
+ * whose reader is gone (EPIPE, EBADF, ...) drops every line from then on: the sidecar goes on leading or following without a log, as its
  * HTTP API and metrics still tell (`leaderd_log_lines_dropped_total`). Exiting instead would make
  * a restarted log collector (journald, a container runtime) cost the election its primary.
  */
@@ -24,6 +25,8 @@ import { Socket } from 'node:net';
 
 /** How long to wait before writing again to a full non-blocking descriptor (EAGAIN). */
 const RETRY_FULL_MS = 100;
+/** A file system that is full now may not be later: these drop lines, not the descriptor. */
+const PASSING_ERRORS = new Set(['ENOSPC', 'EDQUOT']);
 
 export interface LineWriterOptions {
   readonly fd: number;
@@ -31,8 +34,11 @@ export interface LineWriterOptions {
   readonly maxQueuedBytes: number;
 }
 
-/** Writes one chunk whole, then calls `done`; at most one at a time. */
-type Sink = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void) => void;
+/**
+ * Writes one chunk whole, then calls `done`; at most one at a time. On an error, `written` is how
+ * much of the chunk got out before it (as far as the sink knows).
+ */
+type Sink = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null, written?: number) => void) => void;
 
 export class LineWriter {
   /** Lines dropped: queue full, or the descriptor gone. */
@@ -89,9 +95,12 @@ export class LineWriter {
     this.queuedBytes = 0;
     this.inFlightBytes = chunk.length;
     this.writing = true;
-    this.sink(chunk, (error) => {
+    this.sink(chunk, (error, written = 0) => {
       this.inFlightBytes = 0;
-      if (error) {
+      if (error && PASSING_ERRORS.has(error.code ?? '')) {
+        // The lines whose newline got out were written whole.
+        this.dropped += lines - countNewlines(chunk.subarray(0, written));
+      } else if (error) {
         this.broken = error.code ?? error.message;
         this.dropped += lines + this.queue.length;
         this.queue = [];
@@ -100,6 +109,12 @@ export class LineWriter {
       this.writeQueued();
     });
   }
+}
+
+function countNewlines(bytes: Buffer): number {
+  let count = 0;
+  for (let at = bytes.indexOf(10); at >= 0; at = bytes.indexOf(10, at + 1)) count++;
+  return count;
 }
 
 function sinkFor(fd: number): Sink {
@@ -136,15 +151,29 @@ function streamSink(fd: number): Sink {
   };
 }
 
-/** A file, a terminal, /dev/null: fs.write on the thread pool, retried on EAGAIN and partial writes. */
+/**
+ * A file, a terminal, /dev/null: fs.write on the thread pool, retried on EAGAIN and partial writes.
+ * A chunk cut off part way through a line (the disk filled up) leaves that line torn: the next
+ * chunk starts on a line of its own, so that only the torn line is unreadable.
+ */
 function fileSink(fd: number): Sink {
-  const writeAll = (chunk: Buffer, done: (error: NodeJS.ErrnoException | null) => void): void => {
-    write(fd, chunk, (error, written) => {
-      if (error?.code === 'EAGAIN') return void setTimeout(() => writeAll(chunk, done), RETRY_FULL_MS).unref();
-      if (error) return done(error);
-      if (written < chunk.length) return writeAll(chunk.subarray(written), done);
-      done(null);
-    });
+  let torn = false;
+  return (chunk, done) => {
+    // The newline that ends a torn line is not part of the chunk: `written` counts the chunk's bytes.
+    const prefix = torn ? 1 : 0;
+    const whole = torn ? Buffer.concat([Buffer.from('\n'), chunk]) : chunk;
+    const writeFrom = (offset: number): void => {
+      write(fd, whole, offset, whole.length - offset, null, (error, written) => {
+        if (error?.code === 'EAGAIN') return void setTimeout(() => writeFrom(offset), RETRY_FULL_MS).unref();
+        if (error) {
+          if (offset > 0 && whole[offset - 1] !== 10) torn = true;
+          return done(error, Math.max(0, offset - prefix));
+        }
+        if (offset + written < whole.length) return writeFrom(offset + written);
+        torn = false;
+        done(null);
+      });
+    };
+    writeFrom(0);
   };
-  return writeAll;
 }

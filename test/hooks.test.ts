@@ -18,6 +18,7 @@ const dir = mkdtempSync(join(tmpdir(), 'leaderd-hooks-'));
 const args = (ttlSeconds = 2, election = newElection()) => ['--backend', 'local', '--local-dir', dir, '--election', election, '--ttl', String(ttlSeconds)];
 const HANG_HOOK = fileURLToPath(new URL('./fixtures/hang-hook.mjs', import.meta.url));
 const FROZEN_HOOK = fileURLToPath(new URL('./fixtures/frozen-hook.sh', import.meta.url));
+const FLAKY_HOOK = fileURLToPath(new URL('./fixtures/flaky-hook.sh', import.meta.url));
 const TERM_IGNORING_HOOK = `/bin/sh ${fileURLToPath(new URL('./fixtures/term-ignoring-hook.sh', import.meta.url))}`;
 
 const sidecars: Sidecar[] = [];
@@ -131,6 +132,64 @@ describe('hooks: every target of a demote or leader-change runs', () => {
     const metrics = await scrape(node);
     expect(sample(metrics, 'leaderd_hook_runs_total', { event: 'demote' })).toBe(1);
     expect(sample(metrics, 'leaderd_hook_failures_total', { event: 'demote' })).toBe(1);
+  });
+});
+
+describe('hooks: a failed leader-change runs again', () => {
+  it('after 1 s, then 2 s, until it succeeds, and not after', async () => {
+    const election = newElection();
+    const primary = await start('hooks-follow-a', [], 10, election);
+    await primary.waitForRole('primary', 10000);
+    const counter = join(dir, `leader-change-runs-${election}`);
+    const replica = await start('hooks-follow-b', ['--on-leader-change', `/bin/sh ${FLAKY_HOOK} 2 ${counter}`], 10, election);
+    await replica.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'leader-change', 15000, 'a leader-change hook that succeeded');
+
+    const runs = replica.logs.filter((l) => l.msg === 'hook output').map((l) => l.line);
+    expect(runs).toEqual(['run 1 leader hooks-follow-a', 'run 2 leader hooks-follow-a', 'run 3 leader hooks-follow-a']);
+    const retries = replica.logs.filter((l) => l.msg === 'the leader-change hook failed: running it again later');
+    expect(retries.map((l) => [l.failuresInARow, l.retryInSeconds])).toEqual([[1, 1], [2, 2]]);
+    // The runs came that far apart (the timer's own slack aside).
+    const at = replica.logs.filter((l) => l.msg === 'hook output').map((l) => Date.parse(String(l.time)));
+    expect(at[1]! - at[0]!).toBeGreaterThanOrEqual(900);
+    expect(at[2]! - at[1]!).toBeGreaterThanOrEqual(1900);
+    // Succeeded: it does not run again (the next retry would have come 4 s later).
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    expect(replica.logs.filter((l) => l.msg === 'hook output')).toHaveLength(3);
+  });
+
+  it('newer news cuts a slow leader-change that is running again short: the promote behind it starts at once', async () => {
+    const election = newElection();
+    const primary = await start('hooks-slow-a', [], 2, election);
+    await primary.waitForRole('primary', 10000);
+    const counter = join(dir, `leader-change-runs-${election}`);
+    // Following the primary takes 5 s and fails, every time.
+    const follow = `/bin/sh ${FLAKY_HOOK} 1000 ${counter} 5`;
+    const replica = await start('hooks-slow-b', ['--on-leader-change', follow, '--on-promote', 'true'], 2, election);
+    await replica.waitForLog((l) => l.msg === 'hook output' && String(l.line).startsWith('run 2 '), 15000, 'the leader-change running again');
+    await primary.stop();
+    const promoted = await replica.waitForLog((l) => l.msg === 'hook succeeded' && l.hook === 'promote', 15000, 'the promote hook');
+    const leading = replica.logs.find((l) => l.msg === 'role: primary')!;
+    // Not held up by the rest of the 5 s run.
+    expect(Date.parse(String(promoted.time)) - Date.parse(String(leading.time))).toBeLessThan(2500);
+    expect(replica.logs.filter((l) => l.msg === 'cutting the leader-change hook run again short').map((l) => l.reason)).toEqual(['newer news']);
+  });
+
+  it('newer news cancels the retry: a leader-change for a leader that has gone is not run again', async () => {
+    const election = newElection();
+    const primary = await start('hooks-stale-a', [], 2, election);
+    await primary.waitForRole('primary', 10000);
+    const counter = join(dir, `leader-change-runs-${election}`);
+    // Fails every run: without newer news it would run again and again.
+    const replica = await start('hooks-stale-b', ['--on-leader-change', `/bin/sh ${FLAKY_HOOK} 1000 ${counter}`], 2, election);
+    await replica.waitForLog((l) => l.msg === 'the leader-change hook failed: running it again later', 10000, 'a first failure');
+    // The primary goes before the retry is due (1 s): the replica takes over, and what it runs
+    // next is about that, not the old leader again.
+    await primary.stop();
+    await replica.waitForRole('primary', 15000);
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    const told = replica.logs.filter((l) => l.msg === 'hook output').map((l) => String(l.line).replace(/^run \d+ /, ''));
+    expect(told[0]).toBe('leader hooks-stale-a');
+    expect(told.slice(1).every((l) => l === 'leader hooks-stale-b')).toBe(true);
   });
 });
 

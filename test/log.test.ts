@@ -3,13 +3,17 @@
  * answers HTTP, counts the lines it drops, and stops at once on SIGTERM. Real processes and real
  * pipes: the test holds the read end of leaderd's stdout and closes it, or stops reading it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { scratchFile } from './conformance.js';
 import { BIN } from './harness/sidecar.js';
+import { freePort } from './harness/ports.js';
+import { until } from './chaos/world.js';
 
 const CHATTY_CHECK = fileURLToPath(new URL('./fixtures/chatty-check.sh', import.meta.url));
 const children = new Set<ChildProcess>();
@@ -110,6 +114,61 @@ describe('logging never stops the sidecar', () => {
     expect(await exitWithin(started, 5000)).toBe(0);
     // The shutdown did its work, log or no log: the demote hook ran before the exit.
     expect(readFileSync(demoted, 'utf8')).toBe('demoted\n');
+  });
+
+  it('with stdout a file on a full disk (ENOSPC): drops what does not fit, and logs again once there is room', async () => {
+    // A 64 KiB file system of its own, filled up: the disk is full for this log only.
+    const mount = mkdtempSync(join(tmpdir(), 'leaderd-full-disk-'));
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mount]);
+    try {
+      const log = join(mount, 'leaderd.log');
+      // The log's first page is taken now, the rest of the file system then: leaderd's lines fill
+      // what is left of that page, and the one that does not fit is cut off part way.
+      writeFileSync(log, '{"first":"line"}\n');
+      const stdout = openSync(log, 'a');
+      const filler = join(mount, 'filler');
+      expect(() => writeFileSync(filler, Buffer.alloc(1 << 20))).toThrow(/ENOSPC/);
+      const port = await freePort();
+      const url = `http://127.0.0.1:${port}`;
+      const args = ['--id', 'log-full', '--http', `127.0.0.1:${port}`, '--local-dir', scratchFile('dir'), '--election', 'log-full', '--ttl', '10'];
+      const child = spawn(process.execPath, [BIN, ...args, '--log-level', 'debug', '--check', CHATTY_CHECK, '--check-interval', '0.2'], { stdio: ['ignore', stdout, 'inherit'] });
+      closeSync(stdout);
+      children.add(child);
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      const leading = await until(async () => (await role(url, 2000).catch(() => 'down')) === 'primary', 20000);
+      expect(leading).toBe(true);
+      await untilLinesDropped(url, 20000);
+      const sizeWhileFull = statSync(log).size;
+      expect(sizeWhileFull).toBe(4096);
+
+      rmSync(filler);
+      // Room again: the lines that come now are written, whole (the chatty check logs many a second).
+      const growing = await until(() => statSync(log).size > sizeWhileFull + 4096, 20000);
+      expect(growing, `the log stayed at ${statSync(log).size} bytes once there was room`).toBe(true);
+      const lines = readFileSync(log, 'utf8').split('\n').filter(Boolean);
+      const unreadable = lines.filter((line) => {
+        try {
+          JSON.parse(line);
+          return false;
+        } catch {
+          return true;
+        }
+      });
+      // Only lines the disk filled up in the middle of (the chatty check may fill it again), each
+      // a line of its own: none swallowed the line after it.
+      expect(unreadable.length).toBeGreaterThanOrEqual(1);
+      for (const torn of unreadable) {
+        expect(torn.startsWith('{"level"'), torn).toBe(true);
+        expect(torn.indexOf('{"level"', 1), torn).toBe(-1);
+      }
+      child.kill('SIGTERM');
+      expect(await exitWithin({ child, url, exited }, 5000)).toBe(0);
+    } finally {
+      for (const child of children) child.kill('SIGKILL');
+      await until(() => [...children].every((c) => c.exitCode !== null || c.signalCode !== null), 5000);
+      execFileSync('umount', ['--lazy', mount]);
+      rmSync(mount, { recursive: true, force: true });
+    }
   });
 });
 

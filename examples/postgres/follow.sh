@@ -21,6 +21,20 @@ if running; then
   pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null
 fi
 
+# A replica that crashed (kill -9, its host down) must finish its crash recovery before pg_rewind
+# can read it. pg_rewind would run that recovery in single-user mode, which refuses a standby
+# ("standby mode is not supported by single-user servers"), and the fallback below, a fresh copy
+# of the leader, costs as much as the whole database: the chaos run's killed replicas all took it.
+# So it is started as the standby it is, with no primary to stream from (nothing new arrives),
+# until it is consistent, then stopped cleanly ("shut down in recovery", which pg_rewind accepts).
+# A standby writes no WAL of its own: pg_rewind then compares the histories as they were. A
+# server that cannot get consistent on its own WAL is stopped again and left to pg_rewind.
+if [ ! -f "$PGDATA.copying" ] && [ -f "$PGDATA/standby.signal" ] && ! pg_controldata "$PGDATA" | grep -q '^Database cluster state: *shut down'; then
+  pg_ctl start -D "$PGDATA" -l "$PG_LOG" -o "-p $PGPORT -c primary_conninfo=''" -w -t 60 >/dev/null || true
+  pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null || pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null || true
+  echo "crash recovery done"
+fi
+
 # leaderd names the leader as soon as it comes first, before its promote hook has run. Rewinding
 # against a server that is still a replica would find nothing to rewind, then fail to follow it
 # once its promotion forks the history below this node's WAL: wait for the promotion. A member
@@ -37,12 +51,22 @@ done
 # its next checkpoint: ask for one, or pg_rewind may see the old timeline and rewind to the wrong point.
 psql -XAtq -d "$conninfo" -c checkpoint
 # -R (--write-recovery-conf) leaves standby.signal and primary_conninfo for the leader.
-if pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
+# leaderd runs this hook again when it fails: a fresh copy cut off part way (the leader went,
+# say) is marked by $PGDATA.copying, and is neither rewound nor set aside on the next run. The
+# data set aside before it, in $PGDATA.old, is this node's own and stays where it is.
+if [ -f "$PGDATA.copying" ]; then
+  echo "the last copy did not finish: copying $LEADERD_LEADER_ID afresh"
+  rm -rf "$PGDATA"
+elif pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
   echo "pg_rewind done"
 else
   echo "pg_rewind failed: copying $LEADERD_LEADER_ID afresh"
   rm -rf "$PGDATA.old" && mv "$PGDATA" "$PGDATA.old"
+fi
+if [ ! -d "$PGDATA" ]; then
+  touch "$PGDATA.copying"
   pg_basebackup -D "$PGDATA" -d "$conninfo" -R -X stream -c fast
+  rm "$PGDATA.copying"
 fi
 start_postgres
 echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"

@@ -3,7 +3,7 @@
  * on loopback, started by the test harnesses. A deployment knows how to point a sidecar at one of
  * its servers (the chaos world puts a TCP proxy in between) and how to stop and start a server.
  */
-import { mkdtempSync } from 'node:fs';
+import { chownSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ConsulCluster } from '../harness/consul.js';
@@ -50,13 +50,23 @@ const TTL_SECONDS = 2;
 const CONSUL_TTL_SECONDS = 10;
 const CONSUL_CHECK_TTL_SECONDS = 2;
 
-export async function startDeployment(backend: BackendName, topology: Topology): Promise<Deployment> {
+export interface DeploymentOptions {
+  /**
+   * Who the sidecars run as, when not as the harness (root): the local backend's directory is
+   * made theirs, since leaderd writes its lock and records there (PostgreSQL's sidecars run as
+   * postgres). The servers of the other backends are reached over TCP and need nothing.
+   */
+  readonly owner?: { uid: number; gid: number };
+}
+
+export async function startDeployment(backend: BackendName, topology: Topology, options: DeploymentOptions = {}): Promise<Deployment> {
   const base = { backend, topology, ttlSeconds: TTL_SECONDS, leaseSeconds: TTL_SECONDS };
   const ttl = ['--ttl', String(TTL_SECONDS)];
   switch (backend) {
     case 'local': {
       if (topology === 'cluster') throw new Error('the local backend has no cluster');
       const dir = mkdtempSync(join(tmpdir(), 'leaderd-chaos-local-'));
+      if (options.owner) chownSync(dir, options.owner.uid, options.owner.gid);
       return {
         ...base,
         servers: [],

@@ -401,7 +401,7 @@ function processState(pid: number): string | undefined {
 }
 
 /** Whether a sidecar is a candidate: it has not resigned, or has come back since it last did. */
-function inTheRace(sidecar: Sidecar): boolean {
+export function inTheRace(sidecar: Sidecar): boolean {
   const messages = sidecar.logs.map((line) => line.msg);
   const last = (msg: string) => messages.lastIndexOf(msg);
   const resigned = last('resigned: out of the race');

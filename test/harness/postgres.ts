@@ -4,11 +4,17 @@
  * check and hooks (examples/postgres/). Servers, sidecars and hooks run as the unprivileged
  * `postgres` user the package creates (PostgreSQL refuses to run as root), with their data under a
  * throwaway directory; the system's own cluster and service are never touched. The coordination
- * service is one setting, a chaos deployment: etcd, ZooKeeper or Consul (the local backend's
- * directory would have to belong to postgres).
+ * service is one setting, a chaos deployment: etcd, ZooKeeper, Consul, or the local backend
+ * started with `{ owner: postgresUser() }`, so that its directory belongs to postgres.
+ *
+ * Each node keeps its HTTP port across restarts of its sidecar, as an operator's sidecar would:
+ * a writer started once (writer.mjs takes the sidecars' URLs when it starts) finds a restarted
+ * sidecar where it was. With `proxied`, each sidecar reaches its server through a TCP proxy of
+ * its own (test/harness/proxy.ts), so that the chaos run can cut one sidecar off its server
+ * while its PostgreSQL stays reachable.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,8 +22,8 @@ import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { Deployment } from '../chaos/deployments.js';
 import { until } from '../chaos/world.js';
-import { readJsonLines } from './json-lines.js';
 import { freePort } from './ports.js';
+import { TcpProxy } from './proxy.js';
 import { Sidecar } from './sidecar.js';
 import { aptInstall, runs } from './system.js';
 
@@ -60,6 +66,30 @@ function childrenOf(pid: number): number[] {
   return children;
 }
 
+/** Every process below `pid`: its children, theirs, and so on. */
+function descendantsOf(pid: number): number[] {
+  const children = childrenOf(pid);
+  return [...children, ...children.flatMap(descendantsOf)];
+}
+
+function signal(pid: number, name: NodeJS.Signals): void {
+  try {
+    process.kill(pid, name);
+  } catch {
+    // already gone
+  }
+}
+
+/** The state letter of a process (R running, S sleeping, T stopped...), from /proc. */
+function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat[stat.lastIndexOf(')') + 2];
+  } catch {
+    return undefined;
+  }
+}
+
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -82,6 +112,8 @@ function running(pid: number): boolean {
 /** One member: a PostgreSQL server and, once started, its sidecar. */
 export class PgNode {
   sidecar: Sidecar | null = null;
+  /** Between its sidecar and the backend's server, when the cluster is `proxied`. */
+  proxy: TcpProxy | null = null;
 
   constructor(
     readonly id: string,
@@ -89,6 +121,8 @@ export class PgNode {
     readonly dataDir: string,
     /** The environment the example's scripts read (env.sh). */
     readonly env: NodeJS.ProcessEnv,
+    /** Where its sidecar listens ("127.0.0.1:PORT"), the same every time it starts. */
+    readonly http: string,
   ) {}
 
   /** What replicas connect to when this node is primary: its sidecar's --address. */
@@ -128,6 +162,24 @@ export class PgNode {
     if (!existsSync(pidFile)) return [];
     const postmaster = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
     return alive(postmaster) ? [postmaster, ...childrenOf(postmaster)] : [];
+  }
+
+  /**
+   * The node's sidecar and everything it runs (a hook, a check) and its PostgreSQL, stopped with
+   * SIGSTOP, as a host that stalls: resolves once every one of them is seen stopped, with their
+   * pids for `thaw`.
+   */
+  async freeze(): Promise<number[]> {
+    const sidecar = this.sidecar ? [this.sidecar.pid, ...descendantsOf(this.sidecar.pid)] : [];
+    const pids = [...sidecar, ...this.processes()];
+    for (const pid of pids) signal(pid, 'SIGSTOP');
+    await until(() => pids.every((pid) => !running(pid) || processState(pid) === 'T'), 5000);
+    return pids;
+  }
+
+  /** SIGCONT to what `freeze` stopped. */
+  thaw(pids: readonly number[]): void {
+    for (const pid of pids) signal(pid, 'SIGCONT');
   }
 
   /** The WAL receiver's pid (a replica streaming), or null. */
@@ -199,6 +251,10 @@ export class PgNode {
 export interface PgClusterOptions {
   /** synchronous_standby_names = 'ANY 1 (the others)' on the primary (PG_SYNCHRONOUS=on). */
   readonly synchronous: boolean;
+  /** The sidecars' --ttl in seconds, instead of the deployment's or TTL_SECONDS (a benchmark's). */
+  readonly ttlSeconds?: number;
+  /** A TCP proxy between each sidecar and the deployment's first server (none on local). */
+  readonly proxied?: boolean;
 }
 
 /** Three members, db1 the first primary; sidecars on the deployment's first server. */
@@ -209,6 +265,8 @@ export class PgCluster {
     readonly deployment: Deployment,
     readonly dir: string,
     readonly nodes: readonly PgNode[],
+    /** PgClusterOptions.ttlSeconds. */
+    readonly ttlSeconds?: number,
   ) {}
 
   static async start(deployment: Deployment, options: PgClusterOptions): Promise<PgCluster> {
@@ -219,19 +277,13 @@ export class PgCluster {
     const nodes: PgNode[] = [];
     for (const id of ids) {
       const port = await freePort();
-      nodes.push(
-        new PgNode(id, port, join(dir, id), {
-          PGDATA: join(dir, id),
-          PGPORT: String(port),
-          PG_BINDIR,
-          PG_SYNCHRONOUS: options.synchronous ? 'on' : 'off',
-          PG_MEMBERS: ids.join(' '),
-          HOME: dir,
-        }),
-      );
+      const env = { PGDATA: join(dir, id), PGPORT: String(port), PG_BINDIR, PG_SYNCHRONOUS: options.synchronous ? 'on' : 'off', PG_MEMBERS: ids.join(' '), HOME: dir };
+      nodes.push(new PgNode(id, port, join(dir, id), env, `127.0.0.1:${await freePort()}`));
     }
-    const cluster = new PgCluster(deployment, dir, nodes);
+    const cluster = new PgCluster(deployment, dir, nodes, options.ttlSeconds);
     try {
+      const server = deployment.servers[0];
+      if (options.proxied && server) for (const node of nodes) node.proxy = await TcpProxy.start(server.address);
       const [first, ...others] = nodes as [PgNode, ...PgNode[]];
       await first.script('init-primary.sh');
       // The tests kill processes, never the host: the page cache outlives them, so an fsync only
@@ -258,25 +310,36 @@ export class PgCluster {
 
   /** Starts `node`'s sidecar as the postgres user, as the example does (leaderd.sh). */
   async startSidecar(node: PgNode): Promise<Sidecar> {
-    const backend = this.deployment.sidecarArgs(this.election, this.deployment.servers[0]?.address ?? null);
+    const backend = this.deployment.sidecarArgs(this.election, node.proxy?.address ?? this.deployment.servers[0]?.address ?? null);
     // At least 4 s: with three PostgreSQL servers, a writer and a loaded 2-core machine, a 2 s
     // lease is now and then lost to a starved event loop, which is a real failover but not the one
     // a test means. (A flag given twice is refused: the deployment's --ttl is replaced.)
-    if (this.deployment.ttlSeconds < TTL_SECONDS) {
+    const ttl = this.ttlSeconds ?? (this.deployment.ttlSeconds < TTL_SECONDS ? TTL_SECONDS : undefined);
+    if (ttl !== undefined) {
       const at = backend.indexOf('--ttl');
       if (at >= 0) backend.splice(at, 2);
-      backend.push('--ttl', String(TTL_SECONDS));
+      backend.push('--ttl', String(ttl));
     }
     // leaderd.sh listens where LEADERD_HTTP says, so that its hooks can ask the sidecar.
-    const env = { ...node.env, LEADERD_ADMIN_TOKEN: ADMIN_TOKEN, LEADERD_HTTP: `127.0.0.1:${await freePort()}` };
+    const env = { ...node.env, LEADERD_ADMIN_TOKEN: ADMIN_TOKEN, LEADERD_HTTP: node.http };
     node.sidecar = await Sidecar.start(node.id, backend, env, asPostgres([join(EXAMPLE_DIR, 'leaderd.sh')]));
     return node.sidecar;
   }
 
-  /** The whole node down at once, as a crashed host: its sidecar and its server, kill -9. */
-  async killNode(node: PgNode): Promise<void> {
+  /**
+   * The whole node down at once, as a crashed host: its sidecar and its server, kill -9.
+   * `killed` is called as soon as nothing of the node can act any more: the sidecar has exited,
+   * and every PostgreSQL process was stopped and sent SIGKILL (killPostgres signals before it
+   * first waits). Waiting until they are reaped takes a second more, and on the local backend a
+   * successor is promoted within tens of milliseconds of the sidecar's death: a term's end taken
+   * after the reaping made the chaos run's checker see overlaps that never were.
+   */
+  async killNode(node: PgNode, killed?: () => void): Promise<void> {
     node.sidecar?.signal('SIGKILL');
-    await Promise.all([node.sidecar?.exited, node.killPostgres()]);
+    const postgresGone = node.killPostgres();
+    await node.sidecar?.exited;
+    killed?.();
+    await postgresGone;
     node.sidecar = null;
   }
 
@@ -296,9 +359,9 @@ export class PgCluster {
     }
   }
 
-  /** Starts writer.mjs against every sidecar running now. */
-  startWriter(): Writer {
-    return new Writer(join(this.dir, `acks-${randomBytes(4).toString('hex')}.jsonl`), this.nodes.flatMap((n) => (n.sidecar ? [n.sidecar.url] : [])));
+  /** Starts writer.mjs against every node's sidecar (where it listens, running or not). */
+  startWriter(intervalMs?: number): Writer {
+    return new Writer(join(this.dir, `acks-${randomBytes(4).toString('hex')}.jsonl`), this.nodes.map((n) => `http://${n.http}`), intervalMs);
   }
 
   async stop(): Promise<void> {
@@ -306,6 +369,7 @@ export class PgCluster {
       this.nodes.map(async (node) => {
         node.sidecar?.signal('SIGKILL');
         await Promise.all([node.sidecar?.exited, node.killPostgres(false)]);
+        await node.proxy?.stop();
       }),
     );
     rmSync(this.dir, { recursive: true, force: true });
@@ -325,16 +389,46 @@ export interface Ack {
 export class Writer {
   private readonly child: ChildProcess;
   private readonly exited: Promise<number | null>;
+  private exitCode: number | null | undefined;
   stderr = '';
+  /** The acknowledgements read so far, and where in the file the next one starts. */
+  private readonly seen: Ack[] = [];
+  private offset = 0;
 
-  constructor(readonly file: string, sidecars: readonly string[]) {
-    this.child = spawn(process.execPath, [join(EXAMPLE_DIR, 'writer.mjs'), '--sidecars', sidecars.join(','), '--acks', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr += chunk.toString()));
-    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve(code)));
+  constructor(readonly file: string, sidecars: readonly string[], intervalMs?: number) {
+    const interval = intervalMs === undefined ? [] : ['--interval', String(intervalMs)];
+    this.child = spawn(process.execPath, [join(EXAMPLE_DIR, 'writer.mjs'), '--sidecars', sidecars.join(','), '--acks', file, ...interval], { stdio: ['ignore', 'ignore', 'pipe'] });
+    // Only the end is ever shown: a writer that runs for hours says a lot.
+    this.child.stderr!.on('data', (chunk: Buffer) => (this.stderr = (this.stderr + chunk.toString()).slice(-20000)));
+    this.exited = new Promise((resolve) => this.child.once('exit', (code) => resolve((this.exitCode = code))));
   }
 
+  /** Whether the process still runs. */
+  get running(): boolean {
+    return this.exitCode === undefined;
+  }
+
+  /**
+   * Every acknowledgement so far, in the order the writer made them. Only what was appended
+   * since the last call is read (a chaos run's writer acknowledges tens of thousands), and a line
+   * still being written waits for the next call.
+   */
   acks(): Ack[] {
-    return readJsonLines<Ack>(this.file);
+    if (!existsSync(this.file)) return this.seen;
+    const fd = openSync(this.file, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      if (size > this.offset) {
+        const buffer = Buffer.alloc(size - this.offset);
+        readSync(fd, buffer, 0, buffer.length, this.offset);
+        const end = buffer.lastIndexOf(0x0a) + 1;
+        for (const line of buffer.subarray(0, end).toString('utf8').split('\n')) if (line) this.seen.push(JSON.parse(line) as Ack);
+        this.offset += end;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return this.seen;
   }
 
   /** Resolves once `count` commits have been acknowledged by `node` (from now or earlier). */
@@ -357,7 +451,8 @@ export class Writer {
   }
 }
 
-function postgresUser(): { uid: number; gid: number } {
+/** The uid and gid of the `postgres` user, that the servers, sidecars and hooks run as. */
+export function postgresUser(): { uid: number; gid: number } {
   const line = readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith('postgres:'));
   if (!line) throw new Error('no postgres user: the postgresql-15 package creates it');
   const [, , uid, gid] = line.split(':');
