@@ -11,14 +11,21 @@ conninfo=$(leader_conninfo)
 
 if running; then
   in_recovery=$(sql 'select pg_is_in_recovery()') || { echo "PostgreSQL runs but does not answer" >&2; exit 1; }
-  if [ "$in_recovery" = t ]; then
+  # A standby started by the crash-recovery step below (which a run cut short may leave running)
+  # has primary_conninfo on its command line, where ALTER SYSTEM cannot change it: stop it, and
+  # follow as a stopped server does.
+  from=$(sql "select source from pg_settings where name = 'primary_conninfo'")
+  if [ "$in_recovery" = t ] && [ "$from" = "command line" ]; then
+    pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null
+  elif [ "$in_recovery" = t ]; then
     sql "alter system set primary_conninfo = '$conninfo'"
     sql "select pg_reload_conf()" >/dev/null
     echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"
     exit 0
+  else
+    # Still a primary (its demote failed): it must stop before it can follow.
+    pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null
   fi
-  # Still a primary (its demote failed): it must stop before it can follow.
-  pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null
 fi
 
 # A replica that crashed (kill -9, its host down) must finish its crash recovery before pg_rewind
@@ -27,10 +34,19 @@ fi
 # of the leader, costs as much as the whole database: the chaos run's killed replicas all took it.
 # So it is started as the standby it is, with no primary to stream from (nothing new arrives),
 # until it is consistent, then stopped cleanly ("shut down in recovery", which pg_rewind accepts).
-# A standby writes no WAL of its own: pg_rewind then compares the histories as they were. A
-# server that cannot get consistent on its own WAL is stopped again and left to pg_rewind.
-if [ ! -f "$PGDATA.copying" ] && [ -f "$PGDATA/standby.signal" ] && ! pg_controldata "$PGDATA" | grep -q '^Database cluster state: *shut down'; then
+# A standby writes no WAL of its own: pg_rewind then compares the histories as they were. It is
+# stopped only once it has replayed all the WAL it holds (its replay position stands still with
+# nothing to stream): stopped earlier, pg_rewind would take the end of its WAL to be where replay
+# stopped, and could miss a divergence beyond it. A server that cannot get consistent on its own
+# WAL is stopped again and left to pg_rewind.
+if [ ! -f "$PGDATA.copying" ] && [ ! -f "$PGDATA.rewinding" ] && [ -f "$PGDATA/standby.signal" ] &&
+  ! LC_ALL=C pg_controldata "$PGDATA" | grep -q '^Database cluster state: *shut down'; then
   pg_ctl start -D "$PGDATA" -l "$PG_LOG" -o "-p $PGPORT -c primary_conninfo=''" -w -t 60 >/dev/null || true
+  replayed=""
+  while at=$(sql 'select pg_last_wal_replay_lsn()' 2>/dev/null) && [ "$at" != "$replayed" ]; do
+    replayed=$at
+    sleep 0.5
+  done
   pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null || pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null || true
   echo "crash recovery done"
 fi
@@ -42,7 +58,9 @@ fi
 # hook for the next leader then follows this one, so stop waiting.
 deadline=$(($(date +%s) + 60))
 until [ "$(psql -XAtq -d "$conninfo" -c 'select pg_is_in_recovery()' 2>/dev/null)" = f ]; do
-  [ "$(current_leader)" = "$LEADERD_LEADER_ID" ] || { echo "$LEADERD_LEADER_ID no longer leads"; exit 0; }
+  leader=$(current_leader)
+  # (A sidecar that did not answer, "?", says nothing: keep waiting.)
+  [ "$leader" = "$LEADERD_LEADER_ID" ] || [ "$leader" = "?" ] || { echo "$LEADERD_LEADER_ID no longer leads"; exit 0; }
   [ "$(date +%s)" -lt $deadline ] || { echo "$LEADERD_LEADER_ID is not a primary after 60 s" >&2; exit 1; }
   sleep 0.2
 done
@@ -50,22 +68,35 @@ done
 # A promoted server writes its new timeline into its control file, which pg_rewind reads, only at
 # its next checkpoint: ask for one, or pg_rewind may see the old timeline and rewind to the wrong point.
 psql -XAtq -d "$conninfo" -c checkpoint
-# -R (--write-recovery-conf) leaves standby.signal and primary_conninfo for the leader.
-# leaderd runs this hook again when it fails: a fresh copy cut off part way (the leader went,
-# say) is marked by $PGDATA.copying, and is neither rewound nor set aside on the next run. The
-# data set aside before it, in $PGDATA.old, is this node's own and stays where it is.
-if [ -f "$PGDATA.copying" ]; then
-  echo "the last copy did not finish: copying $LEADERD_LEADER_ID afresh"
+# leaderd runs this hook again when it fails, and may kill a run part way: every step below can be
+# cut short and taken again. A rewind or a fresh copy in progress is marked ($PGDATA.rewinding,
+# $PGDATA.copying): a data directory one of them left half done (or none at all) is never rewound
+# nor set aside, only copied afresh. $PGDATA.old, the data set aside when a rewind failed, is this
+# node's own, and a later run replaces it only with a whole data directory.
+if [ -f "$PGDATA.copying" ] || [ -f "$PGDATA.rewinding" ] || [ ! -f "$PGDATA/PG_VERSION" ]; then
+  echo "no whole data directory (a copy or a rewind was cut short): copying $LEADERD_LEADER_ID afresh"
   rm -rf "$PGDATA"
-elif pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
-  echo "pg_rewind done"
+  rm -f "$PGDATA.rewinding"
 else
-  echo "pg_rewind failed: copying $LEADERD_LEADER_ID afresh"
-  rm -rf "$PGDATA.old" && mv "$PGDATA" "$PGDATA.old"
+  touch "$PGDATA.rewinding"
+  # -R (--write-recovery-conf) leaves standby.signal and primary_conninfo for the leader.
+  if pg_rewind -D "$PGDATA" --source-server="$conninfo" -R 2>&1; then
+    echo "pg_rewind done"
+  else
+    echo "pg_rewind failed: copying $LEADERD_LEADER_ID afresh"
+    rm -rf "$PGDATA.old"
+    mv "$PGDATA" "$PGDATA.old"
+  fi
+  rm "$PGDATA.rewinding"
 fi
+# Started only on a rewound directory or a finished copy: with `set -e` (env.sh), any step that
+# failed above has ended the run, and nothing half done is ever started as it is.
 if [ ! -d "$PGDATA" ]; then
   touch "$PGDATA.copying"
-  pg_basebackup -D "$PGDATA" -d "$conninfo" -R -X stream -c fast
+  # --no-slot: with a replication slot, pg_basebackup reports how far it has written the WAL it
+  # streams, under this node's name, which synchronous_standby_names lists: a half-made copy would
+  # count as the standby that confirms commits.
+  pg_basebackup -D "$PGDATA" -d "$conninfo" -R -X stream -c fast --no-slot
   rm "$PGDATA.copying"
 fi
 start_postgres
