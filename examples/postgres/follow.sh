@@ -16,35 +16,18 @@ conninfo=$(leader_conninfo)
 exec 9>"$PGDATA.lock"
 flock -n 9 || { echo "another follow.sh is at work on $PGDATA" >&2; exit 1; }
 
-# Following is streaming from the leader. A standby that does not within 30 s of being pointed at
-# it has most likely replayed WAL the leader never had, past the point where their histories
-# parted, and the leader refuses it: it is stopped, and the next run rewinds it (leaderd runs a
-# failed hook again).
-follows_or_stops() {
-  deadline=$(($(date +%s) + 30))
-  until [ "$(sql "select status from pg_stat_wal_receiver where sender_port = ${LEADERD_LEADER_ADDRESS##*:}" 2>/dev/null)" = streaming ]; do
-    if [ "$(date +%s)" -ge $deadline ]; then
-      pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null || pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null
-      echo "not streaming from $LEADERD_LEADER_ID after 30 s: stopped, to be rewound" >&2
-      exit 1
-    fi
-    sleep 0.2
-  done
-  echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"
-}
-
+# A server started by the replay step below, which a run cut short may leave running (still
+# replaying, perhaps not answering yet), has primary_conninfo on its command line, where ALTER
+# SYSTEM cannot change it: stop it, and follow as a stopped server does.
+if running && grep -q "primary_conninfo=" "$PGDATA/postmaster.opts" 2>/dev/null; then
+  pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null
+fi
 if running; then
   in_recovery=$(sql 'select pg_is_in_recovery()') || { echo "PostgreSQL runs but does not answer" >&2; exit 1; }
-  # A standby started by the replay step below (which a run cut short may leave running) has
-  # primary_conninfo on its command line, where ALTER SYSTEM cannot change it: stop it, and follow
-  # as a stopped server does.
-  from=$(sql "select source from pg_settings where name = 'primary_conninfo'")
-  if [ "$in_recovery" = t ] && [ "$from" = "command line" ]; then
-    pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null
-  elif [ "$in_recovery" = t ]; then
+  if [ "$in_recovery" = t ]; then
     sql "alter system set primary_conninfo = '$conninfo'"
     sql "select pg_reload_conf()" >/dev/null
-    follows_or_stops
+    echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"
     exit 0
   else
     # Still a primary (its demote failed): it must stop before it can follow.
@@ -65,18 +48,22 @@ fi
 # standby's recovery itself: it would run it in single-user mode, which refuses a standby
 # ("standby mode is not supported by single-user servers"). So the standby is started as it is,
 # with nothing to stream from and no archive (it writes no WAL of its own: the histories stay as
-# they were), until its replay position stands still, then stopped cleanly.
+# they were), until its replay position stands still, then stopped cleanly. A standby that cannot
+# start so within 60 s (one that fetched the new primary's timeline history while its own WAL had
+# gone past the fork refuses to start at all) is left to pg_rewind, which reads its control file.
 if [ ! -f "$PGDATA.copying" ] && [ ! -f "$PGDATA.rewinding" ] && [ -f "$PGDATA/PG_VERSION" ] && [ -f "$PGDATA/standby.signal" ]; then
-  pg_ctl start -D "$PGDATA" -l "$PG_LOG" -o "-p $PGPORT -c primary_conninfo='' -c restore_command=''" -w -t 300 >/dev/null 9>&- ||
-    running || { echo "PostgreSQL does not start to replay its WAL" >&2; exit 1; }
-  replayed=""
-  while at=$(sql 'select pg_last_wal_replay_lsn()' 2>/dev/null) && [ "$at" != "$replayed" ]; do
-    replayed=$at
-    sleep 1
-  done
-  pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null || pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null || true
-  ! running || { echo "PostgreSQL does not stop after replaying its WAL" >&2; exit 1; }
-  echo "replayed its own WAL to $replayed"
+  if pg_ctl start -D "$PGDATA" -l "$PG_LOG" -o "-p $PGPORT -c primary_conninfo='' -c restore_command=''" -w -t 60 >/dev/null 9>&-; then
+    replayed=""
+    while at=$(sql 'select pg_last_wal_replay_lsn()' 2>/dev/null) && [ "$at" != "$replayed" ]; do
+      replayed=$at
+      sleep 1
+    done
+    pg_ctl stop -D "$PGDATA" -m fast -w -t 10 >/dev/null || true
+    echo "replayed its own WAL to $replayed"
+  else
+    echo "cannot replay its own WAL (see $PG_LOG): left to pg_rewind"
+  fi
+  ! running || pg_ctl stop -D "$PGDATA" -m immediate -w >/dev/null
 fi
 
 # leaderd names the leader as soon as it comes first, before its promote hook has run. Rewinding
@@ -136,4 +123,4 @@ if [ ! -d "$PGDATA" ]; then
   rm "$PGDATA.copying"
 fi
 start_postgres 9>&-
-follows_or_stops
+echo "following $LEADERD_LEADER_ID at $LEADERD_LEADER_ADDRESS"
