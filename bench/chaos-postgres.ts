@@ -50,6 +50,7 @@ export async function runPostgresChaos(options: PostgresChaosOptions): Promise<n
   const deployment = await startDeployment(backend, 'single', { owner: postgresUser() });
   let world: PgWorld | undefined;
   let acks: readonly Ack[] = [];
+  const closing: Closing = { violations: [], staleWindowsMs: [], lost: [], error: null };
   let loadAtStart = loadavg()[0]!;
   // PostgreSQL runs as daemons, not as children of this process: an interrupted run stops its
   // cluster, or the servers would outlive it.
@@ -88,6 +89,15 @@ export async function runPostgresChaos(options: PostgresChaosOptions): Promise<n
         await world.settle(SETTLE_MS, true).catch(() => undefined);
       }
     }
+    // What happened after the last trial's checks, or was never checked (a last trial whose rejoin
+    // failed): once more, over the settled world.
+    try {
+      const final = await world.settle(SETTLE_MS, true);
+      closing.lost.push(...(await world.newlyLost(final.primary)));
+    } catch (error) {
+      closing.error = `the world did not settle after the last trial: ${(error as Error).message}`;
+    }
+    Object.assign(closing, world.newFindings());
     acks = [...world.writer.acks()];
   } finally {
     await world?.stop();
@@ -96,17 +106,25 @@ export async function runPostgresChaos(options: PostgresChaosOptions): Promise<n
   }
   const seconds = (Date.now() - started) / 1000;
   const outOfOrder = acksOutOfTokenOrder(acks);
-  const report = render({ ...options, faultKinds: faults.map((f) => f.kind) }, results, failures, acks.length, outOfOrder, seconds, loadAtStart);
+  const report = render({ ...options, faultKinds: faults.map((f) => f.kind) }, results, closing, failures, acks.length, outOfOrder, seconds, loadAtStart);
   console.log(report);
   const name = `chaos-postgres${synchronous ? '' : '-async'}-${today()}-${backend}.md`;
   console.error(`written to ${writeReport(name, report, only === undefined)}`);
-  const overlaps = results.reduce((sum, r) => sum + r.violations.length, 0);
-  const lost = results.reduce((sum, r) => sum + r.lost.length, 0);
+  const overlaps = results.reduce((sum, r) => sum + r.violations.length, closing.violations.length);
+  const lost = results.reduce((sum, r) => sum + r.lost.length, closing.lost.length);
   const rejoinFailures = results.filter((r) => r.rejoinMs === null).length;
   // A switchover refused, writes that never came back or a sidecar that exited on its own fail
   // the run too, as a failed fault check does in the fixture's.
   const problems = results.reduce((sum, r) => sum + r.problems.length, 0);
-  return overlaps === 0 && outOfOrder === 0 && rejoinFailures === 0 && (!synchronous || lost === 0) && failures.length === 0 && problems === 0 ? 0 : 1;
+  return overlaps === 0 && outOfOrder === 0 && rejoinFailures === 0 && (!synchronous || lost === 0) && failures.length === 0 && problems === 0 && closing.error === null ? 0 : 1;
+}
+
+/** The checks made once more after the last trial. */
+interface Closing {
+  violations: string[];
+  staleWindowsMs: number[];
+  lost: number[];
+  error: string | null;
 }
 
 /** Acknowledgements with a smaller fencing token than one acknowledged before them. */
@@ -123,6 +141,7 @@ function acksOutOfTokenOrder(acks: readonly Ack[]): number {
 function render(
   options: PostgresChaosOptions & { faultKinds: string[] },
   results: readonly PgTrialResult[],
+  closing: Closing,
   failures: readonly Failure[],
   acks: number,
   outOfOrder: number,
@@ -132,10 +151,11 @@ function render(
   const ms = (v: number | undefined) => (v === undefined ? '-' : `${Math.round(v)}`);
   const sorted = (values: number[]) => values.sort((a, b) => a - b);
   const trials = results.length + failures.length;
-  const overlaps = results.flatMap((r) => r.violations);
-  const lost = results.flatMap((r) => r.lost);
-  const problems = results.flatMap((r) => r.problems);
-  const stale = results.flatMap((r) => r.staleWindowsMs);
+  // What the closing check found counts as the trials' do.
+  const overlaps = [...results.flatMap((r) => r.violations), ...closing.violations];
+  const lost = [...results.flatMap((r) => r.lost), ...closing.lost];
+  const problems = [...results.flatMap((r) => r.problems), ...(closing.error ? [closing.error] : [])];
+  const stale = [...results.flatMap((r) => r.staleWindowsMs), ...closing.staleWindowsMs];
   const rejoins = sorted(results.flatMap((r) => (r.rejoinMs === null ? [] : [r.rejoinMs])));
   const rejoinFailures = results.filter((r) => r.rejoinMs === null);
   const mode = options.synchronous ? 'synchronous' : 'asynchronous';
@@ -155,7 +175,7 @@ function render(
     `| rejoins: all three streaming within 60 s (failures must be 0) | ${rejoins.length} succeeded, ${rejoinFailures.length} failed |`,
     `| rejoin time p50 / p99 / max ms | ${ms(percentile(rejoins, 50))} / ${ms(percentile(rejoins, 99))} / ${ms(rejoins.at(-1))} |`,
     `| trials that failed: never settled, or the fault could not be applied (must be 0) | ${failures.length} |`,
-    `| other problems: a switchover not answered 200, no commit within 60 s, a sidecar exiting on its own (must be 0) | ${problems.length} |`,
+    `| other problems: a switchover not answered 200, no commit within 60 s, a sidecar exiting on its own, no settled world after the last trial (must be 0) | ${problems.length} |`,
     `| stale windows after a thaw, fenced by a larger token | ${stale.length} (max ${ms(Math.max(0, ...stale))} ms) |`,
     '',
     '| fault | trials | new term | write downtime p50 ms | p99 ms | max ms | rejoin p50 ms | p99 ms |',

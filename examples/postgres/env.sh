@@ -24,11 +24,11 @@ sql() { psql -XAtq -v ON_ERROR_STOP=1 -c "$1"; }
 start_postgres() { pg_ctl start -D "$PGDATA" -l "$PG_LOG" -o "-p $PGPORT" -w -t 120 >/dev/null; }
 running() { pg_ctl status -D "$PGDATA" >/dev/null 2>&1; }
 
-# Who leads now, as this node's sidecar sees it ("" for nobody): leaderd.sh tells the hooks where
-# the sidecar listens.
+# Who leads now, as this node's sidecar sees it ("" for nobody, "?" when the sidecar did not
+# answer): leaderd.sh tells the hooks where the sidecar listens.
 current_leader() {
   node -e 'fetch(`http://${process.argv[1]}/role`, { signal: AbortSignal.timeout(2000) })
-    .then((r) => r.json()).then((b) => console.log(b.leader?.id ?? ""), () => console.log(""))' "${PG_SIDECAR_HTTP:?}"
+    .then((r) => r.json()).then((b) => console.log(b.leader?.id ?? ""), () => console.log("?"))' "${PG_SIDECAR_HTTP:?}"
 }
 
 # libpq connection string to the leader leaderd names (LEADERD_LEADER_ADDRESS is its --address,

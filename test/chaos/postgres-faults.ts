@@ -160,7 +160,7 @@ export interface PgTrialResult {
   lost: number[];
   /** The fault's own checks that failed. */
   problems: string[];
-  /** Violations the checker found that were not there before this trial. */
+  /** Violations the checker found that no earlier trial reported (some may predate this trial's fault). */
   violations: string[];
   staleWindowsMs: number[];
 }
@@ -169,7 +169,6 @@ export async function runTrial(world: PgWorld, fault: PgFault, rng: Random): Pro
   const before = await world.settle(SETTLE_MS, true);
   // Losses found now happened earlier (a trial whose rejoin failed never looked): they count here.
   const lost = await world.newlyLost(before.primary);
-  const earlier = world.check();
   // A random moment within the lease: right after a renewal, between two, just before one.
   await sleep(rng() * world.leaseMs);
   const calledAt = Date.now();
@@ -190,8 +189,7 @@ export async function runTrial(world: PgWorld, fault: PgFault, rng: Random): Pro
   } catch (error) {
     rejoinError = (error as Error).message;
   }
-  const verdict = world.check();
-  const seen = new Set(earlier.violations);
+  const { violations, staleWindowsMs } = world.newFindings();
   return {
     kind: fault.kind,
     newPrimary: first !== null && first.token > before.token,
@@ -200,8 +198,8 @@ export async function runTrial(world: PgWorld, fault: PgFault, rng: Random): Pro
     rejoinError,
     lost,
     problems: [...problems, ...world.crashes.splice(0)],
-    violations: verdict.violations.filter((v) => !seen.has(v)),
-    staleWindowsMs: verdict.staleWindowsMs.slice(earlier.staleWindowsMs.length),
+    violations,
+    staleWindowsMs,
   };
 }
 
@@ -218,8 +216,9 @@ function downtime(acks: readonly Ack[], startedAt: number, first: Ack, token: nu
 
 /**
  * After a failed rejoin: starts again the sidecar of every node that does not stream from the
- * primary (its PostgreSQL keeps running), so that its leader-change hook runs again. leaderd
- * runs a failed leader-change hook again only at the next change of leader.
+ * primary (its PostgreSQL keeps running), so that its leader-change hook runs afresh. leaderd
+ * runs a failed leader-change hook again by itself, but not one that succeeded without making
+ * the node stream.
  */
 export async function repair(world: PgWorld): Promise<string[]> {
   const roles = await Promise.all(world.nodes.map((n) => n.sidecar?.role().catch(() => null) ?? null));

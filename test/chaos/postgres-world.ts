@@ -41,6 +41,9 @@ export class PgWorld {
   private readonly expectedExits = new Set<Sidecar>();
   /** Sidecars that exited without the harness asking them to. */
   readonly crashes: string[] = [];
+  /** Violations and stale windows newFindings() has reported. */
+  private readonly reported = new Set<string>();
+  private staleWindowsReported = 0;
   /** Acknowledged ids already found missing on a primary, so that each is counted once. */
   private readonly lostIds = new Set<number>();
   readonly loadAtStart = loadavg()[0]!;
@@ -129,6 +132,20 @@ export class PgWorld {
       }
     }
     return records.sort((a, b) => a.at - b.at);
+  }
+
+  /**
+   * What the split-brain check finds that no earlier call reported: each violation and stale
+   * window is counted once, by the first trial (or the closing check) whose call sees it, so one
+   * that appeared between trials, in a trial that failed, or in a repair is counted too.
+   */
+  newFindings(): { violations: string[]; staleWindowsMs: number[] } {
+    const verdict = this.check();
+    const violations = verdict.violations.filter((v) => !this.reported.has(v));
+    for (const violation of violations) this.reported.add(violation);
+    const staleWindowsMs = verdict.staleWindowsMs.slice(this.staleWindowsReported);
+    this.staleWindowsReported = verdict.staleWindowsMs.length;
+    return { violations, staleWindowsMs };
   }
 
   /** The split-brain check over the whole run so far. */

@@ -335,7 +335,13 @@ export class PgCluster {
    * after the reaping made the chaos run's checker see overlaps that never were.
    */
   async killNode(node: PgNode, killed?: () => void): Promise<void> {
+    // A crashed host takes the hooks running on it too (they run in process groups of their own,
+    // so killing the sidecar would leave them): a follow.sh cut off, not working on behind the
+    // back of the sidecar started next. Found before the sidecar dies and they are reparented.
+    const hooks = node.sidecar ? descendantsOf(node.sidecar.pid) : [];
+    for (const pid of hooks) signal(pid, 'SIGSTOP');
     node.sidecar?.signal('SIGKILL');
+    for (const pid of hooks) signal(pid, 'SIGKILL');
     const postgresGone = node.killPostgres();
     await node.sidecar?.exited;
     killed?.();
